@@ -1,0 +1,73 @@
+# tidewatch: every target installs what it needs and is safe to run again.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      := $(CURDIR)/.venv
+PY        := $(VENV)/bin/python
+STAMPS    := $(CURDIR)/.stamps
+TORCH_LIB := $(VENV)/lib/python3.11/site-packages/torch/lib
+
+# torch-sys finds libtorch inside the venv's torch wheel; it runs `python` when VIRTUAL_ENV is set.
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+# Spark: stay on loopback, and run workers with the venv's interpreter.
+export SPARK_LOCAL_IP := 127.0.0.1
+export PYSPARK_PYTHON := $(PY)
+export PYSPARK_DRIVER_PYTHON := $(PY)
+
+RUST_SOURCES := $(shell find src -name '*.rs' 2>/dev/null) Cargo.toml Cargo.lock build.rs pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: help install build test test-rust test-python demo bench validate clean
+
+help:
+	@echo "make demo   - run tidewatch end to end on embedded defaults"
+	@echo "make test   - install everything needed and run all tests (cargo + pytest)"
+	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make build  - build the native extension (release) into the venv"
+
+$(STAMPS):
+	@mkdir -p $(STAMPS)
+
+# System packages: a Java 17 runtime for Spark, Prometheus (server + promtool) for integration tests.
+$(STAMPS)/apt: | $(STAMPS)
+	@missing=""; \
+	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: requirements.lock | $(STAMPS)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	@touch $@
+
+install: $(STAMPS)/apt $(STAMPS)/venv
+
+$(STAMPS)/build: $(STAMPS)/venv $(RUST_SOURCES)
+	cd $(CURDIR) && $(VENV)/bin/maturin develop --release --quiet
+	@touch $@
+
+build: $(STAMPS)/build
+
+test-rust: $(STAMPS)/venv
+	LD_LIBRARY_PATH=$(TORCH_LIB) cargo test --release --quiet
+
+test-python: install build
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test: test-rust test-python
+
+demo: install build
+	$(PY) -m tidewatch demo
+
+bench: install build
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf target $(STAMPS)
