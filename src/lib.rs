@@ -1,6 +1,10 @@
 //! tidewatch native core: Arrow batches in, windows, libtorch LSTM-VAE scoring, metrics.
 //! Nothing in the core knows about Python or Spark; `python` (feature-gated) is the only binding layer.
 pub mod error;
+pub mod matrix;
+pub mod scaler;
+pub mod sensors;
+pub mod windows;
 
 pub use error::{Error, Result};
 
