@@ -13,6 +13,14 @@ from tidewatch.errors import (  # noqa: E402
     TidewatchIOError,
 )
 
+from tidewatch._native import (  # noqa: E402
+    Scaler,
+    ScalerStats,
+    SensorSet,
+    WindowStream,
+    sensor_matrix,
+)
+
 __version__ = "0.1.0"
 
 
@@ -24,6 +32,11 @@ def cuda_available() -> bool:
 __all__ = [
     "__version__",
     "cuda_available",
+    "SensorSet",
+    "Scaler",
+    "ScalerStats",
+    "WindowStream",
+    "sensor_matrix",
     "TidewatchError",
     "SchemaError",
     "InputError",

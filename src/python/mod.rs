@@ -5,6 +5,8 @@ use pyo3::prelude::*;
 
 use crate::Error;
 
+mod kernels;
+
 create_exception!(_native, TidewatchError, PyException, "Base class of every tidewatch error.");
 create_exception!(_native, SchemaError, TidewatchError, "The input's columns are missing, extra or of the wrong type.");
 create_exception!(_native, InputError, TidewatchError, "A value or row of the input is unusable.");
@@ -40,5 +42,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("TidewatchIOError", py.get_type::<TidewatchIOError>())?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
+    kernels::register(m)?;
     Ok(())
 }
