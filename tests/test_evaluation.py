@@ -213,3 +213,37 @@ def test_attack_list_maps_onto_rows(tmp_path) -> None:
     events = attacked_events_from_time_ranges(times, attacks)
     assert (events[0].start_row, events[0].end_row) == (2, 5)  # 10:00:02 .. 10:00:04 inclusive
     assert events[1].start_row == events[1].end_row  # outside the data: empty, reported as excluded later
+
+
+def test_plot_run_writes_a_png(tmp_path) -> None:
+    from tidewatch.plots import plot_run
+
+    rng = np.random.default_rng(0)
+    n_rows = 2_000
+    labels = np.zeros(n_rows, dtype=int)
+    labels[800:1000] = 1
+    scores = rng.random(n_rows)
+    scores[850:950] += 3.0
+    times = np.datetime64("2024-01-01T00:00:00") + np.arange(n_rows) * np.timedelta64(1, "s")
+    path = plot_run(
+        tmp_path / "nested" / "run.png",
+        scores=scores,
+        threshold=1.5,
+        labels=labels,
+        signals=rng.normal(size=(n_rows, 3)).cumsum(axis=0),
+        sensor_names=["FIT101", "LIT101", "MV101"],
+        timestamps=times,
+        boundaries=[1_000],
+        title="test run",
+    )
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 30_000  # three panels of traces, not an empty canvas
+
+
+def test_plot_run_rejects_misaligned_inputs(tmp_path) -> None:
+    from tidewatch.plots import plot_run
+
+    with pytest.raises(InputError, match="labels"):
+        plot_run(tmp_path / "x.png", scores=np.zeros(10), labels=np.zeros(9))
+    assert not (tmp_path / "x.png").exists()
