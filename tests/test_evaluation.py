@@ -247,3 +247,21 @@ def test_plot_run_rejects_misaligned_inputs(tmp_path) -> None:
     with pytest.raises(InputError, match="labels"):
         plot_run(tmp_path / "x.png", scores=np.zeros(10), labels=np.zeros(9))
     assert not (tmp_path / "x.png").exists()
+
+
+def test_events_never_span_a_segment_boundary() -> None:
+    # two concatenated files: file 1 = rows 0-3 ending anomalous, file 2 = rows 4-7 starting anomalous
+    labels = [0, 0, 1, 1, 1, 1, 0, 0]
+    assert label_events(labels).tolist() == [[2, 6]]
+    assert label_events(labels, boundaries=[4]).tolist() == [[2, 4], [4, 6]]
+    flags = [0, 0, 0, 1, 0, 0, 0, 0]
+    # without the boundary: one event, detected; with it: file 1's event detected, file 2's missed
+    assert event_recall(flags, labels) == 1.0
+    assert event_recall(flags, labels, boundaries=[4]) == 0.5
+    # point adjustment stays inside file 1: rows 2-3 adjusted, rows 4-5 not
+    assert point_adjust(flags, labels, boundaries=[4]).astype(int).tolist() == [0, 0, 1, 1, 0, 0, 0, 0]
+    # the tolerance does not reach into the next file: a flag at row 4 is not a late detection of rows 2-3
+    assert event_outcomes([0, 0, 0, 0, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0, 0, 0], tolerance_rows=3,
+                          boundaries=[4])[0].detected is False
+    report = evaluate(labels, flags=flags, boundaries=[4])
+    assert (report.n_events, report.n_events_detected) == (2, 1)

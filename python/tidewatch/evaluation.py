@@ -165,12 +165,27 @@ def pr_auc(scores: Any, labels: Any) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def label_events(labels: Any) -> np.ndarray:
-    """Maximal runs of label 1 as an ``(n_events, 2)`` int64 array of ``[start, end)`` row ranges."""
+def _segment_starts(boundaries: Sequence[int], n_rows: int) -> np.ndarray:
+    """Sorted rows where a new segment (e.g. the next concatenated file) begins, 0 excluded."""
+    starts = np.unique(np.asarray(boundaries, dtype=np.int64))
+    if starts.size and (starts[0] < 0 or starts[-1] > n_rows):
+        raise InputError(f"segment boundaries must lie within [0, {n_rows}], got {starts.tolist()}")
+    return starts[(starts > 0) & (starts < n_rows)]
+
+
+def label_events(labels: Any, boundaries: Sequence[int] = ()) -> np.ndarray:
+    """Maximal runs of label 1 as an ``(n_events, 2)`` int64 array of ``[start, end)`` row ranges.
+
+    ``boundaries`` are rows where a new segment begins (concatenated files or plants): a run never spans one.
+    """
     labels_b = _as_binary(labels, "labels")
-    edges = np.diff(np.concatenate(([0], labels_b.astype(np.int8), [0])))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
+    cuts = _segment_starts(boundaries, labels_b.size)
+    previous = np.concatenate(([False], labels_b[:-1]))
+    following = np.concatenate((labels_b[1:], [False]))
+    previous[cuts] = False
+    following[cuts - 1] = False
+    starts = np.flatnonzero(labels_b & ~previous)
+    ends = np.flatnonzero(labels_b & ~following) + 1
     return np.stack([starts, ends], axis=1).astype(np.int64)
 
 
@@ -210,18 +225,20 @@ def event_outcomes(
     *,
     tolerance_rows: int = 0,
     timestamps: Any | None = None,
+    boundaries: Sequence[int] = (),
 ) -> list[EventOutcome]:
     """Per labelled event: detected or not, first flag, delay in rows (and seconds when ``timestamps`` given).
 
     An event ``[start, end)`` counts as detected when a row in ``[start, end + tolerance_rows)`` is flagged:
-    a detector that only alarms a little after a short event ends still caught it, late.
+    a detector that only alarms a little after a short event ends still caught it, late. The tolerance
+    never reaches past the event's segment (see ``label_events``).
     """
     if tolerance_rows < 0:
         raise InputError(f"tolerance_rows must be >= 0, got {tolerance_rows}")
     flags_b = _as_binary(flags, "flags")
     labels_b = _as_binary(labels, "labels")
     n_rows = _same_length(flags=flags_b, labels=labels_b)
-    events = label_events(labels_b)
+    events = label_events(labels_b, boundaries)
     seconds = _seconds(timestamps, n_rows) if timestamps is not None else None
 
     flagged_rows = np.flatnonzero(flags_b)
@@ -232,7 +249,9 @@ def event_outcomes(
         candidate = np.where(position <= last, flagged_rows[np.minimum(position, last)], -1)
     else:
         candidate = np.full(len(events), -1, dtype=np.int64)
-    window_end = np.minimum(events[:, 1] + tolerance_rows, n_rows)
+    segment_ends = np.append(_segment_starts(boundaries, n_rows), n_rows)
+    own_segment_end = segment_ends[np.searchsorted(segment_ends, events[:, 0], side="right")]
+    window_end = np.minimum(events[:, 1] + tolerance_rows, own_segment_end)
     detected = (candidate >= 0) & (candidate < window_end)
 
     outcomes = []
@@ -251,9 +270,9 @@ def event_outcomes(
     return outcomes
 
 
-def event_recall(flags: Any, labels: Any, *, tolerance_rows: int = 0) -> float:
+def event_recall(flags: Any, labels: Any, *, tolerance_rows: int = 0, boundaries: Sequence[int] = ()) -> float:
     """Share of labelled events with at least one flag (see ``event_outcomes``); ``nan`` with no events."""
-    outcomes = event_outcomes(flags, labels, tolerance_rows=tolerance_rows)
+    outcomes = event_outcomes(flags, labels, tolerance_rows=tolerance_rows, boundaries=boundaries)
     return _ratio(sum(o.detected for o in outcomes), len(outcomes))
 
 
@@ -262,7 +281,7 @@ def event_recall(flags: Any, labels: Any, *, tolerance_rows: int = 0) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def pa_k_adjust(flags: Any, labels: Any, k_percent: float) -> np.ndarray:
+def pa_k_adjust(flags: Any, labels: Any, k_percent: float, boundaries: Sequence[int] = ()) -> np.ndarray:
     """PA%K (Kim et al. 2022): flag every row of an event whose flagged share EXCEEDS ``k_percent`` %.
 
     K = 0 is classic point adjustment (one flag marks the whole event); K = 100 changes nothing.
@@ -273,7 +292,7 @@ def pa_k_adjust(flags: Any, labels: Any, k_percent: float) -> np.ndarray:
     flags_b = _as_binary(flags, "flags")
     labels_b = _as_binary(labels, "labels")
     _same_length(flags=flags_b, labels=labels_b)
-    events = label_events(labels_b)
+    events = label_events(labels_b, boundaries)
     adjusted = flags_b.copy()
     if events.size == 0:
         return adjusted
@@ -285,27 +304,29 @@ def pa_k_adjust(flags: Any, labels: Any, k_percent: float) -> np.ndarray:
     return adjusted
 
 
-def point_adjust(flags: Any, labels: Any) -> np.ndarray:
+def point_adjust(flags: Any, labels: Any, boundaries: Sequence[int] = ()) -> np.ndarray:
     """Classic point adjustment (PA%K with K = 0): any flag inside an event flags the whole event."""
-    return pa_k_adjust(flags, labels, 0)
+    return pa_k_adjust(flags, labels, 0, boundaries)
 
 
-def inflated_point_adjusted_f1(flags: Any, labels: Any) -> float:
+def inflated_point_adjusted_f1(flags: Any, labels: Any, boundaries: Sequence[int] = ()) -> float:
     """F1 after point adjustment. INFLATED: long events make near-random detectors score high."""
-    return confusion_counts(point_adjust(flags, labels), labels).f1
+    return confusion_counts(point_adjust(flags, labels, boundaries), labels).f1
 
 
-def inflated_pa_k_f1(flags: Any, labels: Any, k_percent: float) -> float:
+def inflated_pa_k_f1(flags: Any, labels: Any, k_percent: float, boundaries: Sequence[int] = ()) -> float:
     """F1 after PA%K adjustment with threshold ``k_percent``. Inflated for small K."""
-    return confusion_counts(pa_k_adjust(flags, labels, k_percent), labels).f1
+    return confusion_counts(pa_k_adjust(flags, labels, k_percent, boundaries), labels).f1
 
 
-def inflated_pa_k_auc(flags: Any, labels: Any, k_percents: Sequence[float] | None = None) -> float:
+def inflated_pa_k_auc(
+    flags: Any, labels: Any, k_percents: Sequence[float] | None = None, boundaries: Sequence[int] = ()
+) -> float:
     """Area under the PA%K F1 curve over K in [0, 100] (trapezoids), normalised to [0, 1] (Kim et al. 2022)."""
     ks = np.asarray(k_percents if k_percents is not None else np.arange(0, 101), dtype=np.float64)
     if ks.size < 2 or ks[0] != 0 or ks[-1] != 100 or np.any(np.diff(ks) <= 0):
         raise InputError("PA%K AUC: K values must increase from 0 to 100")
-    f1s = np.array([inflated_pa_k_f1(flags, labels, k) for k in ks])
+    f1s = np.array([inflated_pa_k_f1(flags, labels, k, boundaries) for k in ks])
     return float(np.sum((f1s[1:] + f1s[:-1]) / 2 * np.diff(ks)) / 100.0)
 
 
@@ -589,12 +610,14 @@ def evaluate(
     error_matrix: Any | None = None,
     sensor_names: Sequence[str] | None = None,
     top_sensors_per_row: Sequence[Sequence[str] | None] | None = None,
+    boundaries: Sequence[int] = (),
 ) -> EvaluationReport:
     """Measure a detector's output against labels.
 
     Give ``flags``, or ``scores`` with ``threshold`` (a row is flagged when its score exceeds the threshold),
     or all three (then ``flags`` is used as given and ``scores`` only for PR-AUC). Attribution is computed when
     ``attacked_events`` and either ``error_matrix`` + ``sensor_names`` or ``top_sensors_per_row`` are given.
+    ``boundaries`` are rows where a new segment begins (concatenated files): no event spans one.
     """
     labels_b = _as_binary(labels, "labels")
     scores_f = _as_scores(scores) if scores is not None else None
@@ -607,7 +630,9 @@ def evaluate(
     n_rows = _same_length(labels=labels_b, flags=flags_b, scores=scores_f)
 
     counts = confusion_counts(flags_b, labels_b)
-    outcomes = event_outcomes(flags_b, labels_b, tolerance_rows=tolerance_rows, timestamps=timestamps)
+    outcomes = event_outcomes(
+        flags_b, labels_b, tolerance_rows=tolerance_rows, timestamps=timestamps, boundaries=boundaries
+    )
     delays = np.array([o.delay_rows for o in outcomes if o.detected], dtype=np.float64)
     delay_seconds = np.array([o.delay_seconds for o in outcomes if o.delay_seconds is not None], dtype=np.float64)
     with_times = timestamps is not None
@@ -646,9 +671,9 @@ def evaluate(
         else None,
         pr_auc=pr_auc(scores_f, labels_b) if scores_f is not None else None,
         threshold=threshold,
-        inflated_point_adjusted_f1=inflated_point_adjusted_f1(flags_b, labels_b),
-        inflated_pa_k_f1={int(k): inflated_pa_k_f1(flags_b, labels_b, k) for k in pa_k_percents},
-        inflated_pa_k_auc=inflated_pa_k_auc(flags_b, labels_b),
+        inflated_point_adjusted_f1=inflated_point_adjusted_f1(flags_b, labels_b, boundaries),
+        inflated_pa_k_f1={int(k): inflated_pa_k_f1(flags_b, labels_b, k, boundaries) for k in pa_k_percents},
+        inflated_pa_k_auc=inflated_pa_k_auc(flags_b, labels_b, boundaries=boundaries),
         events=outcomes,
         attribution=attribution,
     )
