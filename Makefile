@@ -69,5 +69,8 @@ demo: install build
 bench: install build
 	$(PY) bench/run_all.py
 
+bench-skab: install build
+	$(PY) bench/skab.py
+
 clean:
 	rm -rf target $(STAMPS)

@@ -1,0 +1,389 @@
+"""SKAB outlier-detection benchmark, run the benchmark's own way, for tidewatch and its baselines side by side.
+
+Protocol (SKAB's leaderboard, see /work/shared/data/README.md): for EACH of the 34 labelled files, fit on the
+first 400 rows (no shuffle, whatever their labels), predict every remaining row of that file, concatenate
+the test rows of all files and compute binary F1, FAR % and MAR %. Every detector here takes its threshold
+from its own training rows (a high quantile of training scores, or the model's calibrated threshold);
+test labels are never used to choose anything.
+
+Run: ``make bench-skab`` or ``.venv/bin/python bench/skab.py [--methods pca,iforest,random,lstm-vae]``.
+Writes ``bench/out/skab.json`` (all figures, per method and per file) and one PNG per method.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import platform
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path("/work/shared/data/skab")
+DEFAULT_OUT = REPO / "bench" / "out"
+SENSORS = (
+    "Accelerometer1RMS",
+    "Accelerometer2RMS",
+    "Current",
+    "Pressure",
+    "Temperature",
+    "Thermocouple",
+    "Voltage",
+    "Volume Flow RateRMS",
+)
+LABELLED_FOLDERS = ("valve1", "valve2", "other")
+EXPECTED_FILES = 34
+
+# SKAB's published outlier-detection leaderboard (F1, FAR %, MAR %; None where it gives no figure).
+PUBLISHED = (
+    ("Conv-AE", 0.78, 13.55, 28.02),
+    ("MSET", 0.78, 39.73, 14.13),
+    ("T²+Q (PCA)", 0.76, 26.62, 24.92),
+    ("LSTM-AE", 0.74, 29.96, 25.92),
+    ("T²", 0.66, 19.21, 42.6),
+    ("LSTM-VAE", 0.56, 9.13, 55.03),
+    ("Vanilla LSTM", 0.54, None, None),
+    ("Vanilla AE", 0.39, None, None),
+    ("MSCRED", 0.36, None, None),
+    ("Isolation Forest", 0.29, None, None),
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SkabFile:
+    name: str  # e.g. "valve1/3"
+    timestamps: np.ndarray  # datetime64[ns]
+    values: np.ndarray  # rows x 8 sensors, float64
+    labels: np.ndarray  # rows, 0/1
+
+
+def _natural_key(path: Path) -> tuple[str, int]:
+    return (path.parent.name, int(path.stem) if path.stem.isdigit() else sys.maxsize)
+
+
+def _frame_to_file(name: str, frame: Any) -> SkabFile:
+    missing = [c for c in ("datetime", *SENSORS, "anomaly") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"SKAB file {name}: missing column(s) {missing}; has {list(frame.columns)}")
+    values = frame[list(SENSORS)].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"SKAB file {name}: row {row} column {SENSORS[col]!r} is not a number")
+    labels = frame["anomaly"].to_numpy()
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"SKAB file {name}: 'anomaly' holds values other than 0/1")
+    return SkabFile(
+        name=name,
+        timestamps=np.asarray(frame["datetime"], dtype="datetime64[ns]"),
+        values=values,
+        labels=labels.astype(np.int8),
+    )
+
+
+def load_skab(data_dir: Path) -> tuple[list[SkabFile], str]:
+    """The 34 labelled files in a fixed order (valve1, valve2, other; numeric within), and the loader used."""
+    paths = sorted((p for folder in LABELLED_FOLDERS for p in (data_dir / folder).glob("*.csv")), key=_natural_key)
+    if len(paths) != EXPECTED_FILES:
+        raise SystemExit(f"expected {EXPECTED_FILES} labelled SKAB files under {data_dir}, found {len(paths)}")
+    reader = _tidewatch_reader()
+    files = []
+    for path in paths:
+        name = f"{path.parent.name}/{path.stem}"
+        if reader is not None:
+            frame = reader(path)
+            frame = frame.to_pandas() if hasattr(frame, "to_pandas") else frame
+            if "datetime" not in frame.columns and "timestamp" in frame.columns:
+                frame = frame.rename(columns={"timestamp": "datetime"})
+            if "anomaly" not in frame.columns and "label" in frame.columns:
+                frame = frame.rename(columns={"label": "anomaly"})
+        else:
+            import pandas as pd
+
+            frame = pd.read_csv(path, sep=";", parse_dates=["datetime"])
+        files.append(_frame_to_file(name, frame))
+    return files, ("tidewatch.readers.read_skab" if reader is not None else "local pandas loader")
+
+
+def _tidewatch_reader() -> Callable[[Path], Any] | None:
+    try:
+        from tidewatch.readers import read_skab  # written alongside this benchmark; used once it exists
+    except ImportError:
+        return None
+    return read_skab
+
+
+# ------------------------------------------------------------------------------------------------
+# methods: fit(train) / score(x) / threshold, built fresh for every file
+# ------------------------------------------------------------------------------------------------
+
+
+class LstmVaeMethod:
+    """tidewatch's LSTM-VAE behind the baselines' interface.
+
+    Trains with ``tidewatch.train`` on the file's training rows; scores the test rows with the last
+    window-1 training rows prepended as context (``_tw_context``) so every test row has a full window, as
+    the scoring contract (docs/scoring-contract.md) lets the Spark job do with its carried tail.
+    """
+
+    name = "tidewatch LSTM-VAE"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = dict(config)
+        self.threshold = math.nan
+
+    def _batch(self, values: np.ndarray, context: np.ndarray | None) -> Any:
+        import pyarrow as pa
+
+        rows = values if context is None else np.vstack([context, values])
+        n_context = 0 if context is None else len(context)
+        times = np.datetime64("2020-01-01T00:00:00", "us") + np.arange(len(rows)) * np.timedelta64(1, "s")
+        columns: dict[str, Any] = {
+            "plant": pa.array(["skab"] * len(rows)),
+            "timestamp": pa.array(times, type=pa.timestamp("us", tz="UTC")),
+        }
+        for i, sensor in enumerate(SENSORS):
+            columns[sensor] = pa.array(rows[:, i])
+        if context is not None:
+            columns["_tw_context"] = pa.array(np.arange(len(rows)) < n_context)
+        return pa.RecordBatch.from_pydict(columns)
+
+    def fit(self, train: np.ndarray) -> LstmVaeMethod:
+        import tidewatch
+
+        config = {"sensors": list(SENSORS), "plant": "skab", **self.config}
+        self.model = tidewatch.train(self._batch(train, None), config)
+        window = int(getattr(self.model, "window", None) or config.get("window", 30))
+        self.context = train[-(window - 1):] if window > 1 else None
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        out = self.model.score(self._batch(x, self.context))
+        out = out.to_pydict() if hasattr(out, "to_pydict") else out
+        scores = np.asarray(out["score"], dtype=np.float64)
+        thresholds = np.asarray(out["threshold"], dtype=np.float64)
+        if scores.shape != (len(x),) or not np.isfinite(scores).all():
+            status = out.get("status")
+            raise RuntimeError(
+                f"LSTM-VAE scored {np.isfinite(scores).sum()} of {len(x)} test rows"
+                + (f" (statuses {sorted(set(status))})" if status is not None else "")
+            )
+        self.threshold = float(thresholds[0])
+        return scores
+
+
+def method_factories(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
+    from tidewatch.baselines import IsolationForestDetector, PcaT2QDetector, RandomScoreDetector
+
+    random_seeds = itertools.count(args.seed)
+
+    factories: dict[str, Callable[[], Any]] = {
+        "pca": lambda: PcaT2QDetector(explained_variance=args.explained_variance, quantile=args.quantile),
+        "iforest": lambda: IsolationForestDetector(quantile=args.quantile, random_state=args.seed),
+        # a fresh seed per file: the same seed everywhere would repeat one draw sequence in all 34 files
+        "random": lambda: RandomScoreDetector(quantile=args.quantile, seed=next(random_seeds)),
+    }
+    import tidewatch
+
+    if hasattr(tidewatch, "train"):
+        config = json.loads(Path(args.lstm_vae_config).read_text()) if args.lstm_vae_config else {}
+        config.setdefault("seed", args.seed)
+        factories["lstm-vae"] = lambda: LstmVaeMethod(config)
+    return factories
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+
+def _normalised(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Scores relative to the file's own threshold (flag when > 1), so files are comparable in one curve."""
+    if threshold > 0:
+        return scores / threshold
+    return scores - threshold + 1.0
+
+
+def run_method(key: str, factory: Callable[[], Any], files: list[SkabFile], train_rows: int) -> dict[str, Any]:
+    from tidewatch.evaluation import confusion_counts
+
+    started = time.perf_counter()
+    scores, flags, thresholds, per_file = [], [], [], []
+    name = key
+    for skab_file in files:
+        detector = factory()
+        name = getattr(detector, "name", key)
+        train, test = skab_file.values[:train_rows], skab_file.values[train_rows:]
+        detector.fit(train)
+        file_scores = np.asarray(detector.score(test), dtype=np.float64)
+        threshold = float(detector.threshold)
+        if not math.isfinite(threshold):
+            raise RuntimeError(f"{name}: no finite threshold after fitting {skab_file.name}")
+        file_flags = file_scores > threshold
+        counts = confusion_counts(file_flags, skab_file.labels[train_rows:])
+        per_file.append(
+            {"file": skab_file.name, "threshold": threshold, "f1": counts.f1, "far_pct": counts.far_pct,
+             "mar_pct": counts.mar_pct, "flagged": int(file_flags.sum())}
+        )
+        scores.append(_normalised(file_scores, threshold))
+        flags.append(file_flags)
+        thresholds.append(threshold)
+    return {
+        "key": key,
+        "name": name,
+        "scores": np.concatenate(scores),
+        "flags": np.concatenate(flags),
+        "seconds": time.perf_counter() - started,
+        "per_file": per_file,
+    }
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "—" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def format_table(results: list[dict[str, Any]], reference: dict[str, Any]) -> str:
+    header = (f"{'method':<28}{'source':<11}{'F1':>6}{'FAR %':>8}{'MAR %':>8}{'events':>9}{'delay s':>9}"
+              f"{'PR-AUC':>8}{'PA-F1*':>8}{'time s':>8}")
+    lines = [header, "-" * len(header)]
+    for result in results:
+        if "error" in result:
+            lines.append(f"{result['name']:<28}{'this run':<11}  FAILED: {result['error']}")
+            continue
+        r = result["report"]
+        events = f"{r['n_events_detected']}/{r['n_events']}"
+        lines.append(
+            f"{result['name']:<28}{'this run':<11}{_cell(r['f1'], 2):>6}{_cell(r['far_pct'], 2):>8}"
+            f"{_cell(r['mar_pct'], 2):>8}{events:>9}{_cell(r['delay_seconds_median'], 0):>9}"
+            f"{_cell(r['pr_auc'], 3):>8}{_cell(r['inflated_point_adjusted_f1'], 2):>8}{result['seconds']:>8.2f}"
+        )
+    lines.append(
+        f"{'(flag every row)':<28}{'reference':<11}{_cell(reference['f1'], 2):>6}{_cell(reference['far_pct'], 2):>8}"
+        f"{_cell(reference['mar_pct'], 2):>8}"
+    )
+    for name, f1, far, mar in PUBLISHED:
+        lines.append(f"{name:<28}{'published':<11}{f1:>6.2f}{_cell(far, 2):>8}{_cell(mar, 2):>8}")
+    lines.append(
+        "events: labelled events with >= 1 flag inside; delay s: median seconds from event start to first flag;"
+    )
+    lines.append("PA-F1* = point-adjusted F1, INFLATED (one flag marks a whole event), not comparable to F1.")
+    return "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="SKAB's data/ folder")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where skab.json and the PNGs go")
+    parser.add_argument("--train-rows", type=int, default=400, help="rows of each file to fit on (SKAB: 400)")
+    parser.add_argument("--methods", default="all",
+                        help="comma-separated subset of pca,iforest,random,lstm-vae (default: all available)")
+    parser.add_argument("--quantile", type=float, default=0.99,
+                        help="training-score quantile used as the baselines' threshold (default 0.99)")
+    parser.add_argument("--explained-variance", type=float, default=0.95, help="PCA variance kept (default 0.95)")
+    parser.add_argument("--lstm-vae-config", help="JSON file with the config passed to tidewatch.train")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    args = parser.parse_args(argv)
+
+    from tidewatch.evaluation import confusion_counts, evaluate
+    from tidewatch.plots import plot_run
+
+    total_started = time.perf_counter()
+    files, loader = load_skab(args.data_dir)
+    too_short = [f.name for f in files if len(f.values) <= args.train_rows]
+    if too_short:
+        raise SystemExit(f"files with no rows after the first {args.train_rows}: {too_short}")
+    labels = np.concatenate([f.labels[args.train_rows:] for f in files])
+    timestamps = np.concatenate([f.timestamps[args.train_rows:] for f in files])
+    signals = np.concatenate([f.values[args.train_rows:] for f in files])
+    lengths = [len(f.values) - args.train_rows for f in files]
+    boundaries = np.cumsum([0, *lengths[:-1]]).tolist()
+    train_anomalous = sum(int(f.labels[: args.train_rows].sum()) for f in files)
+
+    factories = method_factories(args)
+    wanted = list(factories) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in factories]
+    if unknown:
+        hint = " (lstm-vae needs tidewatch.train, not available in this build)" if "lstm-vae" in unknown else ""
+        raise SystemExit(f"unknown or unavailable method(s) {unknown}; available: {list(factories)}{hint}")
+
+    print(f"SKAB: {len(files)} files via {loader}; fit on the first {args.train_rows} rows of each "
+          f"({train_anomalous} of those rows are labelled anomalous, kept as the protocol says); "
+          f"{len(labels)} test rows, {int(labels.sum())} anomalous")
+    if "lstm-vae" not in factories:
+        print("note: tidewatch.train is not in this build, so the LSTM-VAE is not run; baselines only")
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    for key in wanted:
+        print(f"running {key} ...", flush=True)
+        try:
+            run = run_method(key, factories[key], files, args.train_rows)
+        except Exception as exc:  # one broken method must not hide the others' figures
+            traceback.print_exc()
+            results.append({"key": key, "name": key, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        report = evaluate(labels, flags=run["flags"], scores=run["scores"], timestamps=timestamps,
+                          boundaries=boundaries)
+        entry = {"key": key, "name": run["name"], "seconds": run["seconds"], "report": report.to_dict(),
+                 "per_file": run["per_file"]}
+        entry["report"].pop("events")  # per-event rows are long; per-file figures are kept instead
+        if not args.no_plots:
+            png = plot_run(
+                args.out_dir / f"skab_{_slug(key)}.png", scores=run["scores"], threshold=1.0, labels=labels,
+                flags=run["flags"], signals=signals, sensor_names=list(SENSORS), boundaries=boundaries,
+                title=f"SKAB, {run['name']}: F1 {report.f1:.2f}  FAR {report.far_pct:.1f} %  "
+                      f"MAR {report.mar_pct:.1f} %  (score / per-file threshold; grey lines = file boundaries)",
+            )
+            entry["plot"] = str(png)
+        results.append(entry)
+
+    reference_counts = confusion_counts(np.ones_like(labels), labels)
+    reference = {"f1": reference_counts.f1, "far_pct": reference_counts.far_pct, "mar_pct": reference_counts.mar_pct}
+    table = format_table(results, reference)
+    print()
+    print(table)
+
+    summary = {
+        "benchmark": "SKAB outlier detection",
+        "protocol": f"per file: fit on first {args.train_rows} rows, predict the rest; concatenate; binary metrics",
+        "loader": loader,
+        "files": [f.name for f in files],
+        "test_rows": int(len(labels)),
+        "test_anomalous_rows": int(labels.sum()),
+        "train_rows_labelled_anomalous": train_anomalous,
+        "settings": {"quantile": args.quantile, "explained_variance": args.explained_variance, "seed": args.seed,
+                     "lstm_vae_config": args.lstm_vae_config},
+        "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
+        "total_seconds": time.perf_counter() - total_started,
+        "flag_every_row_reference": reference,
+        "published": [{"method": n, "f1": f1, "far_pct": far, "mar_pct": mar} for n, f1, far, mar in PUBLISHED],
+        "results": results,
+    }
+    out_json = args.out_dir / "skab.json"
+    out_json.write_text(json.dumps(summary, indent=2))
+    print(f"\nwrote {out_json} and {sum('plot' in r for r in results)} PNG(s) to {args.out_dir} "
+          f"in {summary['total_seconds']:.0f} s")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
