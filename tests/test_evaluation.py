@@ -265,3 +265,66 @@ def test_events_never_span_a_segment_boundary() -> None:
                           boundaries=[4])[0].detected is False
     report = evaluate(labels, flags=flags, boundaries=[4])
     assert (report.n_events, report.n_events_detected) == (2, 1)
+
+
+def test_evaluate_command_on_a_scored_parquet(tmp_path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tidewatch.cli import main
+
+    # 12 rows: 2 warmup rows without a score, then the 10 rows below; written in reverse time order
+    # scored rows:   0      1      2      3      4      5      6      7      8      9
+    labels = ["Normal", "Normal", "Attack", "A ttack", "Attack", "Normal", "Normal", "Attack", "Attack", "Normal"]
+    flags = [False, True, False, True, True, False, False, False, False, True]
+    # TP rows 3, 4 -> 2; FP rows 1, 9 -> 2; FN rows 2, 7, 8 -> 3; TN rows 0, 5, 6 -> 3
+    times = np.datetime64("2015-12-28T10:00:00", "us") + np.arange(12) * np.timedelta64(1, "s")
+    scores = [None, None] + [0.1, 0.9, 0.2, 0.8, 0.7, 0.1, 0.1, 0.3, 0.2, 0.6]
+    errors_lit = [None, None] + [0.0, 0.0, 1.0, 5.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    errors_fit = [None, None] + [0.0, 0.0, 2.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    table = pa.table({
+        "plant": ["swat"] * 12,
+        "timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
+        "status": ["warmup"] * 2 + ["scored"] * 10,
+        "score": scores,
+        "flag": [None, None] + flags,
+        "threshold": [None, None] + [0.5] * 10,
+        "error_LIT101": errors_lit,
+        "error_FIT101": errors_fit,
+        "label": ["Normal"] * 2 + labels,
+    }).take(list(range(11, -1, -1)))
+    pq.write_table(table, tmp_path / "scored.parquet")
+    (tmp_path / "attacks.csv").write_text(
+        "attack_no,start,end,attack_points\n"
+        "1,2015-12-28 10:00:04,2015-12-28 10:00:06,LIT101\n"  # scored rows 2-4; flagged 3, 4 -> LIT101 mean 5
+    )
+    code = main([
+        "evaluate", str(tmp_path / "scored.parquet"), "--json", str(tmp_path / "r.json"),
+        "--plot", str(tmp_path / "r.png"), "--attacks", str(tmp_path / "attacks.csv"), "--top-k", "1",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "12 rows read, 10 evaluated, left out (no score): {'warmup': 2}" in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["counts"] == {"tp": 2, "fp": 2, "tn": 3, "fn": 3}
+    assert data["far_pct"] == pytest.approx(40.0)  # 2 / (2 + 3)
+    assert data["mar_pct"] == pytest.approx(60.0)  # 3 / (3 + 2)
+    # events: rows 2-4 (first flag row 3: delay 1 row = 1 s) and rows 7-8 (missed)
+    assert (data["n_events"], data["n_events_detected"], data["delay_seconds_mean"]) == (2, 1, 1.0)
+    assert data["threshold"] == 0.5
+    assert data["attribution"]["n_hits"] == 1 and data["attribution"]["events"][0]["top_sensors"] == ["LIT101"]
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_command_csv_with_threshold_and_clear_errors(tmp_path, capsys) -> None:
+    from tidewatch.cli import main
+
+    (tmp_path / "s.csv").write_text("score;label\n0.1;0\n0.9;1\n0.7;0\n0.2;1\n")
+    assert main(["evaluate", str(tmp_path / "s.csv"), "--threshold", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "TP 1  FP 1  TN 1  FN 1" in out and "INFLATED" in out
+    (tmp_path / "bad.csv").write_text("score,label\n0.1,0\n0.9,maybe\n")
+    assert main(["evaluate", str(tmp_path / "bad.csv"), "--threshold", "0.5"]) == 1
+    assert "row 1 holds 'maybe'" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "s.csv")]) == 1  # no flag column and no --threshold
+    assert "--threshold" in capsys.readouterr().err
