@@ -75,56 +75,31 @@ def _natural_key(path: Path) -> tuple[str, int]:
     return (path.parent.name, int(path.stem) if path.stem.isdigit() else sys.maxsize)
 
 
-def _frame_to_file(name: str, frame: Any) -> SkabFile:
-    missing = [c for c in ("datetime", *SENSORS, "anomaly") if c not in frame.columns]
+def _table_to_file(name: str, table: Any) -> SkabFile:
+    """One SKAB file read by ``tidewatch.readers.read_skab`` (which already refuses bad rows)."""
+    missing = [c for c in ("timestamp", *SENSORS, "label") if c not in table.column_names]
     if missing:
-        raise ValueError(f"SKAB file {name}: missing column(s) {missing}; has {list(frame.columns)}")
-    values = frame[list(SENSORS)].to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"SKAB file {name}: row {row} column {SENSORS[col]!r} is not a number")
-    labels = frame["anomaly"].to_numpy()
+        raise ValueError(f"SKAB file {name}: missing column(s) {missing}; has {table.column_names}")
+    values = np.column_stack([table[s].to_numpy() for s in SENSORS]).astype(np.float64)
+    labels = table["label"].to_numpy()
     if not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"SKAB file {name}: 'anomaly' holds values other than 0/1")
+        raise ValueError(f"SKAB file {name}: 'label' holds values other than 0/1")
     return SkabFile(
         name=name,
-        timestamps=np.asarray(frame["datetime"], dtype="datetime64[ns]"),
+        timestamps=table["timestamp"].to_numpy().astype("datetime64[ns]"),
         values=values,
         labels=labels.astype(np.int8),
     )
 
 
-def load_skab(data_dir: Path) -> tuple[list[SkabFile], str]:
-    """The 34 labelled files in a fixed order (valve1, valve2, other; numeric within), and the loader used."""
+def load_skab(data_dir: Path) -> list[SkabFile]:
+    """The 34 labelled files in a fixed order (valve1, valve2, other; numeric within)."""
+    from tidewatch.readers import read_skab
+
     paths = sorted((p for folder in LABELLED_FOLDERS for p in (data_dir / folder).glob("*.csv")), key=_natural_key)
     if len(paths) != EXPECTED_FILES:
         raise SystemExit(f"expected {EXPECTED_FILES} labelled SKAB files under {data_dir}, found {len(paths)}")
-    reader = _tidewatch_reader()
-    files = []
-    for path in paths:
-        name = f"{path.parent.name}/{path.stem}"
-        if reader is not None:
-            frame = reader(path)
-            frame = frame.to_pandas() if hasattr(frame, "to_pandas") else frame
-            if "datetime" not in frame.columns and "timestamp" in frame.columns:
-                frame = frame.rename(columns={"timestamp": "datetime"})
-            if "anomaly" not in frame.columns and "label" in frame.columns:
-                frame = frame.rename(columns={"label": "anomaly"})
-        else:
-            import pandas as pd
-
-            frame = pd.read_csv(path, sep=";", parse_dates=["datetime"])
-        files.append(_frame_to_file(name, frame))
-    return files, ("tidewatch.readers.read_skab" if reader is not None else "local pandas loader")
-
-
-def _tidewatch_reader() -> Callable[[Path], Any] | None:
-    try:
-        from tidewatch.readers import read_skab  # written alongside this benchmark; used once it exists
-    except ImportError:
-        return None
-    return read_skab
+    return [_table_to_file(f"{p.parent.name}/{p.stem}", read_skab(p)) for p in paths]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     from tidewatch.plots import plot_run
 
     total_started = time.perf_counter()
-    files, loader = load_skab(args.data_dir)
+    files = load_skab(args.data_dir)
     too_short = [f.name for f in files if len(f.values) <= args.train_rows]
     if too_short:
         raise SystemExit(f"files with no rows after the first {args.train_rows}: {too_short}")
@@ -358,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (lstm-vae needs tidewatch.train, not available in this build)" if "lstm-vae" in unknown else ""
         raise SystemExit(f"unknown or unavailable method(s) {unknown}; available: {list(factories)}{hint}")
 
-    print(f"SKAB: {len(files)} files via {loader}; fit on the first {args.train_rows} rows of each "
+    print(f"SKAB: {len(files)} files (tidewatch.readers.read_skab); fit on the first {args.train_rows} rows of each "
           f"({train_anomalous} of those rows are labelled anomalous, kept as the protocol says); "
           f"{len(labels)} test rows, {int(labels.sum())} anomalous")
     if "lstm-vae" not in factories:
@@ -398,7 +373,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "benchmark": "SKAB outlier detection",
         "protocol": f"per file: fit on first {args.train_rows} rows, predict the rest; concatenate; binary metrics",
-        "loader": loader,
         "files": [f.name for f in files],
         "test_rows": int(len(labels)),
         "test_anomalous_rows": int(labels.sum()),
