@@ -11,6 +11,7 @@ from tidewatch import InputError
 from tidewatch.evaluation import (
     AttackedEvent,
     attacked_events_from_time_ranges,
+    attacks_from_table,
     attribution_hit_rate,
     confusion_counts,
     evaluate,
@@ -26,7 +27,6 @@ from tidewatch.evaluation import (
     point_adjust,
     pr_auc,
     precision_recall_f1,
-    read_attack_list,
 )
 
 # rows:    0  1  2  3  4  5  6  7  8  9  10 11
@@ -201,17 +201,20 @@ def test_attribution_from_top_sensor_lists_and_flag_mask() -> None:
 
 
 def test_attack_list_maps_onto_rows(tmp_path) -> None:
+    from tidewatch.readers import load_attack_list
+
     path = tmp_path / "attacks.csv"
     path.write_text(
         "attack_no,start,end,duration_s,attack_points,stages\n"
         "1,2015-12-28 10:00:02,2015-12-28 10:00:04,3,MV101;LIT101,P1\n"
         "2,2015-12-29 00:00:00,2015-12-29 00:00:01,2,,\n"
     )
-    attacks = read_attack_list(path)
+    attacks = attacks_from_table(load_attack_list(path, tz="Asia/Singapore"))
     assert attacks[0][3] == frozenset({"MV101", "LIT101"})
-    times = np.datetime64("2015-12-28T10:00:00") + np.arange(10) * np.timedelta64(1, "s")
+    # 10:00:02 in Singapore (UTC+8) is 02:00:02 UTC, the zone scored rows carry
+    times = np.datetime64("2015-12-28T02:00:00") + np.arange(10) * np.timedelta64(1, "s")
     events = attacked_events_from_time_ranges(times, attacks)
-    assert (events[0].start_row, events[0].end_row) == (2, 5)  # 10:00:02 .. 10:00:04 inclusive
+    assert (events[0].start_row, events[0].end_row) == (2, 5)  # 02:00:02 .. 02:00:04 inclusive
     assert events[1].start_row == events[1].end_row  # outside the data: empty, reported as excluded later
 
 
@@ -278,7 +281,7 @@ def test_evaluate_command_on_a_scored_parquet(tmp_path, capsys) -> None:
     labels = ["Normal", "Normal", "Attack", "A ttack", "Attack", "Normal", "Normal", "Attack", "Attack", "Normal"]
     flags = [False, True, False, True, True, False, False, False, False, True]
     # TP rows 3, 4 -> 2; FP rows 1, 9 -> 2; FN rows 2, 7, 8 -> 3; TN rows 0, 5, 6 -> 3
-    times = np.datetime64("2015-12-28T10:00:00", "us") + np.arange(12) * np.timedelta64(1, "s")
+    times = np.datetime64("2015-12-28T02:00:00", "us") + np.arange(12) * np.timedelta64(1, "s")  # UTC
     scores = [None, None] + [0.1, 0.9, 0.2, 0.8, 0.7, 0.1, 0.1, 0.3, 0.2, 0.6]
     errors_lit = [None, None] + [0.0, 0.0, 1.0, 5.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     errors_fit = [None, None] + [0.0, 0.0, 2.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
@@ -296,7 +299,8 @@ def test_evaluate_command_on_a_scored_parquet(tmp_path, capsys) -> None:
     pq.write_table(table, tmp_path / "scored.parquet")
     (tmp_path / "attacks.csv").write_text(
         "attack_no,start,end,attack_points\n"
-        "1,2015-12-28 10:00:04,2015-12-28 10:00:06,LIT101\n"  # scored rows 2-4; flagged 3, 4 -> LIT101 mean 5
+        # Singapore time, 02:00:04-02:00:06 UTC: scored rows 2-4; flagged rows 3, 4 -> LIT101 mean error 5
+        "1,2015-12-28 10:00:04,2015-12-28 10:00:06,LIT101\n"
     )
     code = main([
         "evaluate", str(tmp_path / "scored.parquet"), "--json", str(tmp_path / "r.json"),

@@ -23,11 +23,10 @@ Undefined ratios (no flags for precision, no labelled rows for recall, ...) are 
 """
 from __future__ import annotations
 
-import csv
 import math
+from datetime import timezone
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -372,7 +371,8 @@ def attacked_events_from_time_ranges(
 ) -> list[AttackedEvent]:
     """Map ``(name, start_time, end_time, sensors)`` attacks (end inclusive) onto row ranges of ``timestamps``.
 
-    ``timestamps`` must be sorted. An attack outside the data gets an empty row range, which attribution
+    Times are compared as naive datetimes (UTC by convention); ``timestamps`` must be sorted. An attack
+    outside the data gets an empty row range, which attribution
     reports as excluded rather than dropping it silently.
     """
     times = np.asarray(timestamps).astype("datetime64[ns]")
@@ -386,27 +386,24 @@ def attacked_events_from_time_ranges(
     return events
 
 
-def read_attack_list(path: str | Path) -> list[tuple[str, np.datetime64, np.datetime64, frozenset[str]]]:
-    """Read an attack list CSV with columns ``attack_no`` (or ``name``), ``start``, ``end``, ``attack_points``
-    (sensors separated by ``;``), such as ``swat_a1_2015_attacks.csv``."""
-    path = Path(path)
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or ())
-        name_column = "attack_no" if "attack_no" in columns else "name"
-        missing = {name_column, "start", "end", "attack_points"} - columns
-        if missing:
-            raise InputError(f"{path}: attack list lacks column(s) {sorted(missing)}; has {sorted(columns)}")
-        attacks = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                start = np.datetime64(row["start"].strip(), "ns")
-                end = np.datetime64(row["end"].strip(), "ns")
-            except ValueError as exc:
-                raise InputError(f"{path}:{line}: bad start/end time: {exc}") from None
-            sensors = frozenset(s.strip() for s in (row["attack_points"] or "").split(";") if s.strip())
-            attacks.append((row[name_column], start, end, sensors))
+def attacks_from_table(table: Any) -> list[tuple[str, Any, Any, frozenset[str]]]:
+    """``(name, start, end, sensors)`` tuples from an attack list table (``tidewatch.readers.load_attack_list``:
+    columns ``attack_no``, ``start``, ``end`` in UTC, ``attack_points`` separated by ``;``)."""
+    columns = table.to_pydict() if hasattr(table, "to_pydict") else dict(table)
+    points = columns.get("attack_points") or [None] * len(columns["start"])
+    attacks = []
+    for name, start, end, named in zip(columns["attack_no"], columns["start"], columns["end"], points):
+        sensors = frozenset(s.strip() for s in (named or "").split(";") if s.strip())
+        attacks.append((str(name), _naive_utc(start), _naive_utc(end), sensors))
     return attacks
+
+
+def _naive_utc(value: Any) -> np.datetime64:
+    """A datetime (aware ones converted to UTC) as a naive datetime64[ns], the form timestamps take here."""
+    tz = getattr(value, "tzinfo", None)
+    if tz is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return np.datetime64(value, "ns")
 
 
 def _top_from_errors(mean_error: np.ndarray, sensor_names: Sequence[str], top_k: int) -> tuple[str, ...]:

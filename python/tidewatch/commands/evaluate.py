@@ -5,6 +5,9 @@ with columns `score`, `flag`, `label`, and optionally `timestamp`, `plant`, `sta
 `top_sensors` (comma-separated) and `error_<SENSOR>`. Labels may be 0/1, booleans or SWaT's
 `Normal`/`Attack` (`A ttack` included).
 
+Timestamps are compared in UTC (timezone-naive ones are taken as UTC); the attack list's local times are
+converted with --attacks-tz.
+
 Rows with no score (status `warmup` or `quarantined`) are left out and counted in the output; with
 `--unscored error` they are an error instead. With a timestamp column, rows are put in (plant, time) order
 first, and labelled events never span two plants.
@@ -38,7 +41,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tolerance-rows", type=int, default=0,
                    help="a flag up to this many rows after an event still detects it (default 0)")
     p.add_argument("--attacks", metavar="CSV",
-                   help="attack list (attack_no,start,end,attack_points;...) for per-sensor attribution")
+                   help="attack list (attack_no,start,end,attack_points with ';' between points) for per-sensor "
+                        "attribution; 'swat' for the official SWaT A1 list shipped with tidewatch")
+    p.add_argument("--attacks-tz", default="Asia/Singapore",
+                   help="time zone of the attack list's local times (default Asia/Singapore, SWaT's)")
     p.add_argument("--top-k", type=int, default=3, help="attribution: attacked sensor among the top k (default 3)")
     p.add_argument("--unscored", choices=("skip", "error"), default="skip",
                    help="rows without a score: leave out and count them (default), or fail")
@@ -103,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from tidewatch.errors import InputError
-    from tidewatch.evaluation import attacked_events_from_time_ranges, evaluate, read_attack_list
+    from tidewatch.evaluation import attacked_events_from_time_ranges, attacks_from_table, evaluate
 
     frame = _read(Path(args.input), args.sep)
     n_read = len(frame)
@@ -161,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--attacks needs a {args.timestamp_col!r} column to place the attacks in time")
         if boundaries:
             raise InputError("--attacks works on one plant's rows; the input holds several plants")
-        events = attacked_events_from_time_ranges(timestamps, read_attack_list(args.attacks))
+        from tidewatch.readers import load_attack_list
+
+        attack_table = load_attack_list(None if args.attacks == "swat" else args.attacks, tz=args.attacks_tz)
+        events = attacked_events_from_time_ranges(timestamps, attacks_from_table(attack_table))
         error_columns = [c for c in frame.columns if isinstance(c, str) and c.startswith("error_")]
         if error_columns:
             attribution_inputs = {
