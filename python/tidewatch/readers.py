@@ -330,12 +330,14 @@ def read_dataset(
     *,
     source_format: Literal["auto", "parquet", "swat", "plant-csv"] = "auto",
     plant_file: str | Path | None = None,
+    sensors: Sequence[str] | None = None,
     tz: str | None = None,
     on_error: OnError = "raise",
 ) -> ReadResult:
     """Any supported input as a canonical table: canonical Parquet (a file or a folder), a SWaT export, or
     a plant CSV. `auto`: .parquet or a folder is Parquet, .xlsx is SWaT, .csv is a plant CSV when a plant
-    file is given and SWaT otherwise."""
+    file is given and SWaT otherwise. Parquet is checked against `sensors`, else the plant file's sensors,
+    else its own columns between `timestamp` and `label` are taken as the sensors."""
     path = Path(path)
     if not path.exists():
         raise TidewatchIOError(f"{path}: no such file or folder")
@@ -356,7 +358,9 @@ def read_dataset(
             table = pq.read_table(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"{path}: not a readable Parquet file or folder: {exc}") from exc
-        if plant_file:
+        if sensors is not None:
+            sensors = list(sensors)
+        elif plant_file:
             sensors = list(load_plant(plant_file).sensors.sensors)
         else:
             try:
@@ -517,7 +521,7 @@ def _read_text(path: Path, spec: _Spec) -> _Raw:
         raise TidewatchIOError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if data.startswith(b"\xef\xbb\xbf"):  # Excel's UTF-8 byte order mark: blank it, keeping offsets
         data = b"   " + data[3:]
-    if not data.strip():
+    if not data or data.isspace():
         raise SchemaError(f"{source}: empty file: no header, no rows (expected a {spec.kind})")
 
     rejected: list[_Rejected] = []
@@ -530,7 +534,7 @@ def _read_text(path: Path, spec: _Spec) -> _Raw:
     for i, line_bytes in enumerate(head):
         if i + 1 in bad_lines:
             continue
-        names = _split_header(line_bytes.decode("utf-8").rstrip("\r"), spec.separator)
+        names = _split_header(line_bytes.decode("utf-8", errors="replace").rstrip("\r"), spec.separator)
         if spec.time_column in names:
             header_index, header = i, names
             break
@@ -728,11 +732,12 @@ def _read_xlsx(path: Path, spec: _Spec, sheet: int | str) -> _Raw:
     kept: list[list[Any]] = []
     lines: list[int] = []
     blank = 0
+    unnamed = [i for i in range(max((len(r) for r in rows), default=0)) if i not in named]
     for offset, row in enumerate(data_rows):
-        if not any(_cell_text(c) for c in row):
+        if row.count("") + row.count(None) == len(row):  # calamine gives "" for an empty cell
             blank += 1
             continue
-        stray = [i for i, c in enumerate(row) if i not in named and _cell_text(c)]
+        stray = [i for i in unnamed if i < len(row) and _cell_text(row[i])]
         if stray:
             rejected.append(_Rejected(
                 first_row + offset, None, "field_count", _row_text(row),
@@ -773,11 +778,12 @@ def _xlsx_column(cells: list[Any], *, is_time: bool) -> pa.Array:
     """Typed cells as an Arrow array: all numbers -> float64, all date-times -> timestamp, else strings."""
     if not cells:
         return pa.array([], type=pa.string())
-    kinds = {type(c) for c in cells}
-    if is_time and kinds <= {dt.datetime}:
-        return pa.array(cells, type=pa.timestamp("us"))
-    if not is_time and kinds <= {float, int}:
-        return pa.array(cells, type=pa.float64())
+    # The common cases are uniform columns: let Arrow convert them, and refuse anything mixed.
+    for kind in (pa.timestamp("us"), pa.string()) if is_time else (pa.float64(), pa.string()):
+        try:
+            return pa.array(cells, type=kind, from_pandas=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            continue
     out = []
     for c in cells:
         if isinstance(c, dt.datetime):
@@ -867,7 +873,7 @@ def _parse_times(array: pa.Array, formats: Sequence[str], tz: str) -> tuple[np.n
             naive = pa.nulls(n, pa.timestamp("us"))
         if naive.null_count:
             # Per value, only where the columnar parsers failed: ISO with offsets, or really bad values.
-            values = np.asarray(naive.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False))
+            values = np.array(naive.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
             missing = _np_bool(naive.is_null())
             strings = text.to_pylist()
             for i in np.flatnonzero(missing):
