@@ -5,6 +5,9 @@
 //! [T, F] with window start offsets (`train::WindowSet`), so no window is materialised twice.
 pub mod artifact;
 pub mod config;
+pub mod detector;
+pub mod fit;
+pub mod input;
 pub mod score;
 pub mod threshold;
 pub mod train;
@@ -12,6 +15,8 @@ pub mod vae;
 
 pub use artifact::{Manifest, ModelArtifact, PublishReport, TrainingSummary};
 pub use config::ModelConfig;
+pub use detector::{Detector, ScoreOutcome};
+pub use fit::fit;
 pub use score::{score_window_set, score_windows, WindowScores};
 pub use threshold::{ThresholdMethod, Thresholds};
 pub use train::{train, EpochReport, StopReason, TrainedModel, TrainingSeries, WindowSet};

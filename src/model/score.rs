@@ -6,7 +6,7 @@
 //! mean over the W steps of that sensor's squared error.
 use tch::{Device, Kind, Tensor};
 
-use super::train::WindowSet;
+use super::train::{gather_windows, WindowSet};
 use super::vae::LstmVae;
 use crate::{Error, Result};
 
@@ -108,17 +108,28 @@ pub fn score_windows(vae: &LstmVae, windows: &Tensor, batch_size: usize) -> Resu
 /// Scores every window of a set (e.g. held-out normal windows for calibration).
 pub fn score_window_set(vae: &LstmVae, set: &WindowSet, batch_size: usize) -> Result<WindowScores> {
     check_shape(vae, &[0, set.window() as i64, set.n_features() as i64], "score_window_set")?;
-    let device = vae.device();
-    let series = set.series_on(device);
-    let starts = Tensor::from_slice(set.starts()).to_device(device);
-    let n = set.len() as i64;
-    let mut out = WindowScores { n_features: set.n_features(), ..Default::default() };
+    score_starts(vae, &set.series_on(vae.device()), set.starts(), batch_size)
+}
+
+/// Scores the windows of `series` [T, F] (on the model's device) that start at the rows `starts`,
+/// gathering each mini-batch on the device.
+pub fn score_starts(vae: &LstmVae, series: &Tensor, starts: &[i64], batch_size: usize) -> Result<WindowScores> {
+    let arch = vae.architecture();
+    check_shape(vae, &[0, arch.window as i64, series.size()[1]], "score_starts")?;
+    let n = starts.len() as i64;
+    let mut out = WindowScores { n_features: arch.n_features, ..Default::default() };
+    out.scores.reserve(starts.len());
+    out.sensor_errors.reserve(starts.len() * arch.n_features);
+    if n == 0 {
+        return Ok(out);
+    }
+    let starts = Tensor::from_slice(starts).to_device(series.device());
     let batch = batch_size.max(1) as i64;
     tch::no_grad(|| -> Result<()> {
         let mut from = 0;
         while from < n {
             let len = batch.min(n - from);
-            let x = set.gather(&series, &starts.narrow(0, from, len));
+            let x = gather_windows(series, &starts.narrow(0, from, len), arch.window);
             let (s, e) = score_batch(vae, &x);
             out.append(&s, &e)?;
             from += len;

@@ -115,6 +115,16 @@ impl TrainingSeries {
     }
 }
 
+/// Windows [B, W, F] of `series` [T, F] starting at the rows in `starts` (i64, on the series' device):
+/// one gather on the device, the only place a window's W×F block is materialised.
+pub fn gather_windows(series: &Tensor, starts: &Tensor, window: usize) -> Tensor {
+    let w = window as i64;
+    let f = series.size()[1];
+    let offsets = Tensor::arange(w, (Kind::Int64, starts.device()));
+    let rows = (starts.unsqueeze(1) + offsets.unsqueeze(0)).view([-1]);
+    series.index_select(0, &rows).view([-1, w, f])
+}
+
 /// Windows over a series, as start offsets (no copy of the data).
 #[derive(Debug)]
 pub struct WindowSet {
@@ -152,10 +162,7 @@ impl WindowSet {
 
     /// Windows [B, W, F] for the start offsets in `starts` (an i64 tensor on the series' device).
     pub fn gather(&self, series: &Tensor, starts: &Tensor) -> Tensor {
-        let w = self.window as i64;
-        let offsets = Tensor::arange(w, (Kind::Int64, starts.device()));
-        let rows = (starts.unsqueeze(1) + offsets.unsqueeze(0)).view([-1]);
-        series.index_select(0, &rows).view([-1, w, self.n_features as i64])
+        gather_windows(series, starts, self.window)
     }
 
     /// Windows [n, W, F] from position `from` (CPU tensor), for tests and small sets.
