@@ -13,6 +13,8 @@ import sys
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES = (
     "evaluate",
+    "convert",
+    "replay",
 )
 
 

@@ -546,9 +546,9 @@ def _read_text(path: Path, spec: _Spec) -> _Raw:
         present = [n for n in (best or []) if n]
         missing = [n for n in (spec.time_column, *spec.sensors) if n not in present]
         raise SchemaError(
-            f"{source}: not a {spec.kind}: no header line with a {spec.time_column!r} column in the first "
-            f"{HEADER_SEARCH_LINES} lines; missing columns: {', '.join(missing[:12])}"
+            f"{source}: not a {spec.kind}: missing columns: {', '.join(missing[:12])}"
             f"{f' and {len(missing) - 12} more' if len(missing) > 12 else ''}"
+            f" (no header line with a {spec.time_column!r} column in the first {HEADER_SEARCH_LINES} lines)"
         )
     # Trailing separators give unnamed trailing columns: name them so pyarrow can read them.
     column_names = [n or f"_unnamed_{i}" for i, n in enumerate(header)]
@@ -719,9 +719,9 @@ def _read_xlsx(path: Path, spec: _Spec, sheet: int | str) -> _Raw:
     if header is None:
         missing = [n for n in (spec.time_column, *spec.sensors) if n not in (best or [])]
         raise SchemaError(
-            f"{source}: not a {spec.kind}: no header row with a {spec.time_column!r} column in the first "
-            f"{HEADER_SEARCH_LINES} rows; missing columns: {', '.join(missing[:12])}"
+            f"{source}: not a {spec.kind}: missing columns: {', '.join(missing[:12])}"
             f"{f' and {len(missing) - 12} more' if len(missing) > 12 else ''}"
+            f" (no header row with a {spec.time_column!r} column in the first {HEADER_SEARCH_LINES} rows)"
         )
     positions, label_name = _match_header(header, spec, source)
     named = {i for i, n in enumerate(header) if n}
