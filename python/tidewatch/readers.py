@@ -33,7 +33,6 @@ import pyarrow.csv as pacsv
 from tidewatch.errors import ConfigError, InputError, SchemaError, TidewatchIOError
 from tidewatch.schema import (
     LABEL,
-    PLANT,
     QUARANTINE_SCHEMA,
     TIMESTAMP,
     TIMESTAMP_TYPE,
