@@ -43,6 +43,15 @@ def _shade(ax: Any, x: np.ndarray, mask: np.ndarray, colour: str, alpha: float, 
     ax.vlines(x[starts], y0, y1, colors=colour, alpha=alpha, linewidth=0.8, transform=transform)
 
 
+def _rolling_mean(values: np.ndarray, rows: int) -> np.ndarray:
+    """Trailing mean over ``rows`` rows per column (shorter at the start), via cumulative sums."""
+    cumulative = np.cumsum(np.nan_to_num(values), axis=0)
+    out = cumulative.copy()
+    out[rows:] = cumulative[rows:] - cumulative[:-rows]
+    counts = np.minimum(np.arange(1, len(values) + 1), rows)[:, None]
+    return out / counts
+
+
 def plot_run(
     path: str | Path,
     *,
@@ -98,12 +107,17 @@ def plot_run(
         mean = np.nanmean(signal_values, axis=0)
         std = np.nanstd(signal_values, axis=0)
         standardised = (signal_values - mean) / np.where(std > 0, std, 1.0)
+        # on long runs, noisy sensors (quantised voltage, pressure) paint a solid band over the others:
+        # draw a rolling mean of about one pixel's worth of rows instead, and say so on the axis
+        smoothing = n_rows // 1500
+        if smoothing > 1:
+            standardised = _rolling_mean(standardised, smoothing)
         names = list(sensor_names or [f"sensor {i}" for i in range(signal_values.shape[1])])
         for column in range(standardised.shape[1]):
             signal_ax.plot(x, standardised[:, column], linewidth=0.6, label=names[column])
         if label_mask is not None:
             _shade(signal_ax, x, label_mask, LABEL_COLOUR, 0.12)
-        signal_ax.set_ylabel("signal (z-score)")
+        signal_ax.set_ylabel("signal (z-score)" + (f"\nrolling mean of {smoothing} rows" if smoothing > 1 else ""))
         signal_ax.legend(loc="upper left", fontsize=7, ncol=min(4, standardised.shape[1]), framealpha=0.8)
 
     finite = score_values[np.isfinite(score_values)]
