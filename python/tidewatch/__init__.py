@@ -20,6 +20,7 @@ from tidewatch._native import (  # noqa: E402
     WindowStream,
     sensor_matrix,
 )
+from tidewatch.model import Detector, Model, ModelConfig, train  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,10 @@ __all__ = [
     "ScalerStats",
     "WindowStream",
     "sensor_matrix",
+    "Detector",
+    "Model",
+    "ModelConfig",
+    "train",
     "TidewatchError",
     "SchemaError",
     "InputError",

@@ -240,6 +240,12 @@ fn check_consistency(m: &Manifest, what: &str) -> Result<SensorSet> {
         return Err(err(format!("architecture {:?} disagrees with config and sensors ({arch:?})", m.architecture)));
     }
     m.thresholds.check(f, what)?;
+    if m.thresholds.score_method != m.config.score_method {
+        return Err(err(format!(
+            "thresholds were calibrated for score method {:?}, the config says {:?}",
+            m.thresholds.score_method, m.config.score_method
+        )));
+    }
     let expected: BTreeMap<String, Vec<i64>> = arch.parameter_shapes().into_iter().collect();
     if m.weights.tensors != expected {
         return Err(err("the weights' tensor list does not match the architecture".into()));
@@ -361,6 +367,21 @@ impl ModelArtifact {
         &self.weights
     }
 
+    /// A copy of this artifact with its network on `device`, rebuilt from the serialised weights.
+    pub fn to_device(&self, device: Device) -> Result<Self> {
+        let what = format!("weights of model {}", self.version());
+        let values = read_tensors(&self.weights, &what)?;
+        let vae = LstmVae::zeroed(self.manifest.architecture, device)?;
+        vae.load_parameters(&values, &what)?;
+        Ok(ModelArtifact {
+            manifest: self.manifest.clone(),
+            sensors: self.sensors.clone(),
+            vae,
+            weights: self.weights.clone(),
+            source: self.source.clone(),
+        })
+    }
+
     /// Publishes the artifact at `path` atomically (see the module documentation).
     pub fn publish(&self, path: &Path) -> Result<PublishReport> {
         let name = path
@@ -408,10 +429,13 @@ impl ModelArtifact {
         let mut moved_aside = None;
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_dir() => {
-                // A real directory (a model copied by hand, say): keep it, moved into the store.
-                let aside = store.join(format!("replaced-{name}-{}", random_suffix()));
-                fs::rename(path, &aside).map_err(|e| Error::io(path, e))?;
-                moved_aside = Some(aside);
+                // An empty directory (made by mkdtemp, say) goes; a real one with files (a model copied
+                // by hand) is kept, moved into the store.
+                if fs::remove_dir(path).is_err() {
+                    let aside = store.join(format!("replaced-{name}-{}", random_suffix()));
+                    fs::rename(path, &aside).map_err(|e| Error::io(path, e))?;
+                    moved_aside = Some(aside);
+                }
             }
             Ok(meta) if meta.file_type().is_file() => {
                 return Err(Error::Config(format!(
@@ -605,7 +629,7 @@ fn prune_store(parent: &Path, store: &Path) {
 mod tests {
     use super::*;
     use crate::model::score::score_windows;
-    use crate::model::threshold::ThresholdMethod;
+    use crate::model::threshold::{ScoreMethod, ThresholdMethod};
     use crate::model::train::tests::{plant_series, small_config};
     use crate::model::train::TrainingSeries;
     use crate::scaler::ScalerKind;
@@ -620,13 +644,15 @@ mod tests {
         let vae = LstmVae::new(arch, Device::Cpu, seed).unwrap();
         let scaler = Scaler {
             kind: ScalerKind::MinMax,
-            offset: vec![0.0, 1.0, 2.0, 3.0],
-            scale: vec![1.0, 2.0, 3.0, 4.0],
+            // Values whose shortest decimal form needs exact parsing to read back bit for bit.
+            offset: vec![0.0, 1.0 / 3.0, 2.0, 0.1 + 0.2],
+            scale: vec![1.0, 2.0 / 3.0, 3.0, std::f64::consts::PI],
             constant_columns: vec![],
         };
         let thresholds = Thresholds {
+            score_method: ScoreMethod::Mean,
             method: ThresholdMethod::Quantile,
-            window: 0.05,
+            window: 0.05 + 1e-17 * 3.0 + 0.1 * 0.7,
             window_level: 0.995,
             pot: None,
             sensors: vec![0.1, 0.2, 0.3, 0.4],
@@ -665,6 +691,8 @@ mod tests {
         let a = score_windows(&art.vae, &x, 4096).unwrap();
         let b = score_windows(&loaded.vae, &x, 4096).unwrap();
         assert_eq!(a, b, "scores after save and load are identical");
+        let copy = art.to_device(Device::Cpu).unwrap();
+        assert_eq!(score_windows(&copy.vae, &x, 4096).unwrap(), a);
 
         // The manifest carries what operators and the loader need.
         let text = fs::read_to_string(report.version_dir.join(MANIFEST_FILE)).unwrap();
@@ -728,6 +756,12 @@ mod tests {
         let aside = report.moved_aside.expect("the copy is kept");
         assert!(aside.join(MANIFEST_FILE).exists());
         assert!(fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+
+        let empty = dir.path().join("fresh");
+        fs::create_dir(&empty).unwrap();
+        let report = art.publish(&empty).unwrap();
+        assert!(report.moved_aside.is_none(), "an empty directory is simply replaced");
+        assert!(fs::symlink_metadata(&empty).unwrap().file_type().is_symlink());
 
         let file = dir.path().join("lstm_vae_swat.pth");
         fs::write(&file, [0x80, 2, 0x7d, 0x71]).unwrap();

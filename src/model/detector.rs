@@ -9,7 +9,8 @@
 //! rows across calls, so scoring a stream in any chunking gives bit-identical results to scoring it
 //! at once (mini-batches are padded, see `score::MIN_FORWARD_BATCH`).
 //!
-//! Per scored row: `score` = its window's mean squared reconstruction error (scaled space),
+//! Per scored row: `score` = its window's mean squared reconstruction error (scaled space; or, with
+//! `score_method = "sensor_max"`, its largest per-sensor error relative to that sensor's threshold),
 //! `flag` = score > threshold, `error_<S>` = the window's per-sensor errors, `top_sensors` = the three
 //! largest errors, `anomalous_sensors` (flagged rows only) = sensors above their own threshold, by
 //! decreasing error, or the top sensor when none is.
@@ -488,7 +489,8 @@ impl Detector {
         let f = names.len();
         let rows = outcome.iter().filter(|o| !matches!(o, Outcome::Context)).count();
         let threshold = self.threshold();
-        let sensor_thresholds = &self.model.thresholds().sensors;
+        let thresholds = self.model.thresholds();
+        let sensor_thresholds = &thresholds.sensors;
         let version = self.model.version();
         let mut plant_b = StringBuilder::with_capacity(rows, rows * 8);
         let mut time_b = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC);
@@ -544,7 +546,7 @@ impl Detector {
             };
             status_b.append_value(STATUS_SCORED);
             reason_b.append_null();
-            let score = f64::from(score);
+            let score = thresholds.window_score(score, errors);
             let flag = score > threshold;
             score_b.append_value(score);
             flag_b.append_value(flag);

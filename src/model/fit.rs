@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::artifact::{ModelArtifact, TrainingSummary};
 use super::input::{format_micros, plant_column, timestamp_column};
 use super::score::score_window_set;
-use super::threshold::calibrate;
+use super::threshold::{calibrate, check_calibration_size};
 use super::train::{train, EpochReport, TrainingSeries};
 use super::{parse_device, ModelConfig};
 use crate::matrix::{InvalidRows, SensorMatrix};
@@ -255,6 +255,8 @@ pub fn fit(
     let train_windows = train_series.windows(w, config.train_stride);
     let stopping_windows = val_series.windows(w, config.train_stride);
     let calibration_windows = val_series.windows(w, config.stride);
+    // Before the long part: enough held-out windows for the thresholds?
+    check_calibration_size(calibration_windows.len(), config)?;
     let trained = train(config, &train_windows, &stopping_windows, progress)?;
     let device = parse_device(&config.device)?;
     let normal = score_window_set(&trained.vae, &calibration_windows, config.score_batch_for(device))?;

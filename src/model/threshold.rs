@@ -15,6 +15,22 @@ use super::score::WindowScores;
 use super::ModelConfig;
 use crate::{Error, Result};
 
+/// What a window's score is (see `ModelConfig::score_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreMethod {
+    /// Mean squared reconstruction error over the window's W×F values.
+    #[default]
+    Mean,
+    /// max over sensors of (the sensor's error / max(its threshold, SENSOR_FLOOR)).
+    SensorMax,
+}
+
+/// Smallest per-sensor normaliser for `sensor_max`: a sensor reconstructed perfectly in normal data
+/// (a constant one) would otherwise turn float noise into huge ratios. In scaled units, an MSE of 1e-6
+/// is a deviation of a thousandth of the sensor's range.
+pub const SENSOR_FLOOR: f64 = 1e-6;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ThresholdMethod {
@@ -39,6 +55,9 @@ pub struct PotFit {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
+    /// What the scores compared with `window` are.
+    #[serde(default)]
+    pub score_method: ScoreMethod,
     pub method: ThresholdMethod,
     /// A window is anomalous when its score is strictly above this.
     pub window: f64,
@@ -56,6 +75,19 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
+    /// A window's score from its mean error and per-sensor errors, per `score_method`.
+    #[inline]
+    pub fn window_score(&self, mean_error: f32, sensor_errors: &[f32]) -> f64 {
+        match self.score_method {
+            ScoreMethod::Mean => f64::from(mean_error),
+            ScoreMethod::SensorMax => sensor_errors
+                .iter()
+                .zip(&self.sensors)
+                .map(|(&e, &t)| f64::from(e) / t.max(SENSOR_FLOOR))
+                .fold(0.0, f64::max),
+        }
+    }
+
     pub fn is_anomalous(&self, score: f64) -> bool {
         score > self.window
     }
@@ -122,10 +154,8 @@ fn windows_needed(level: f64) -> usize {
     (1.0 / (1.0 - level)).ceil() as usize
 }
 
-/// Calibrates window and per-sensor thresholds on held-out normal windows.
-pub fn calibrate(normal: &WindowScores, config: &ModelConfig) -> Result<Thresholds> {
-    let n = normal.len();
-    let f = normal.n_features;
+/// Checks that `n` held-out normal windows are enough to calibrate with `config`'s quantile levels.
+pub fn check_calibration_size(n: usize, config: &ModelConfig) -> Result<()> {
     let need = windows_needed(config.threshold_level).max(windows_needed(config.sensor_threshold_level));
     if n < need {
         return Err(Error::Input(format!(
@@ -134,30 +164,48 @@ pub fn calibrate(normal: &WindowScores, config: &ModelConfig) -> Result<Threshol
             config.threshold_level, config.sensor_threshold_level
         )));
     }
-    let scores = sorted_finite(normal.scores.iter().copied(), "window scores")?;
-    let (window, window_level, pot) = match config.threshold_method {
-        ThresholdMethod::Quantile => (quantile_sorted(&scores, config.threshold_level), config.threshold_level, None),
-        ThresholdMethod::Pot => {
-            let fit = pot_fit(&scores, config.pot_initial_level, config.pot_risk)?;
-            (pot_threshold(&fit, n), config.pot_initial_level, Some(fit))
-        }
-    };
+    Ok(())
+}
+
+/// Calibrates window and per-sensor thresholds on held-out normal windows.
+pub fn calibrate(normal: &WindowScores, config: &ModelConfig) -> Result<Thresholds> {
+    let n = normal.len();
+    let f = normal.n_features;
+    check_calibration_size(n, config)?;
     let mut sensors = Vec::with_capacity(f);
     for j in 0..f {
         let column = sorted_finite((0..n).map(|i| normal.sensor_errors[i * f + j]), &format!("sensor {j} errors"))?;
         sensors.push(quantile_sorted(&column, config.sensor_threshold_level));
     }
-    Ok(Thresholds {
+    let mut thresholds = Thresholds {
+        score_method: config.score_method,
         method: config.threshold_method,
-        window,
-        window_level,
-        pot,
+        window: f64::NAN,
+        window_level: config.threshold_level,
+        pot: None,
         sensors,
         sensor_level: config.sensor_threshold_level,
         calibration_windows: n,
-        normal_score_max: *scores.last().expect("n > 0"),
-        normal_score_median: quantile_sorted(&scores, 0.5),
-    })
+        normal_score_max: f64::NAN,
+        normal_score_median: f64::NAN,
+    };
+    let mut scores = sorted_finite(normal.scores.iter().copied(), "window scores")?;
+    if config.score_method != ScoreMethod::Mean {
+        scores = (0..n).map(|i| thresholds.window_score(normal.scores[i], normal.sensor_errors_of(i))).collect();
+        scores.sort_by(f64::total_cmp);
+    }
+    match config.threshold_method {
+        ThresholdMethod::Quantile => thresholds.window = quantile_sorted(&scores, config.threshold_level),
+        ThresholdMethod::Pot => {
+            let fit = pot_fit(&scores, config.pot_initial_level, config.pot_risk)?;
+            thresholds.window = pot_threshold(&fit, n);
+            thresholds.window_level = config.pot_initial_level;
+            thresholds.pot = Some(fit);
+        }
+    }
+    thresholds.normal_score_max = *scores.last().expect("n > 0");
+    thresholds.normal_score_median = quantile_sorted(&scores, 0.5);
+    Ok(thresholds)
 }
 
 /// Fits a generalized Pareto distribution to the excesses over the `initial_level` quantile of `sorted`.
@@ -364,6 +412,12 @@ mod tests {
         assert!(t.check(4, "m").unwrap_err().to_string().contains("3 per-sensor thresholds for 4"));
 
         let pot = calibrate(&normal, &ModelConfig { threshold_method: ThresholdMethod::Pot, ..cfg.clone() }).unwrap();
+        // sensor_max: scores are max_j error_j / max(threshold_j, floor); sensor 1 never errs (floor).
+        let smax = calibrate(&normal, &ModelConfig { score_method: ScoreMethod::SensorMax, ..cfg.clone() }).unwrap();
+        assert_eq!(smax.sensors, t.sensors);
+        assert_eq!(smax.window_score(0.0, &[499.5, 0.0, 999.0]), 1.0);
+        assert!((smax.window_score(0.0, &[0.0, 2e-6, 0.0]) - 2.0).abs() < 1e-6);
+        assert!((smax.window - smax.normal_score_max * 0.99).abs() < 0.01 * smax.window, "{}", smax.window);
         assert!(pot.pot.is_some());
         assert!(pot.window > 0.98, "{}", pot.window);
 
