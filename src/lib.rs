@@ -2,6 +2,7 @@
 //! Nothing in the core knows about Python or Spark; `python` (feature-gated) is the only binding layer.
 pub mod error;
 pub mod matrix;
+pub mod metrics;
 pub mod model;
 pub mod scaler;
 pub mod sensors;

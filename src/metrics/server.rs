@@ -1,0 +1,316 @@
+//! The metrics endpoint: `GET /metrics` (Prometheus text format 0.0.4) and `GET /healthz`, nothing else,
+//! read-only. tiny_http reads requests; a fixed pool of `WORKERS` threads answers them, so a scrape storm
+//! queues up instead of spawning renders without bound, and rendering holds the registry's read lock
+//! only while gathering.
+//!
+//! Started explicitly (never at import: PySpark forks its workers), stopped by `stop()` or on drop.
+//! If tiny_http's accept loop dies (it stops on the first accept error, e.g. out of file descriptors),
+//! the workers bind the same address again, so the endpoint comes back once the cause is gone.
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
+
+use super::registry::MetricsRegistry;
+use crate::{Error, Result};
+
+/// Threads answering requests. Rendering takes well under a millisecond, so a few keep up with
+/// thousands of scrapes per second while leaving the cores to scoring.
+pub const WORKERS: usize = 3;
+/// How often an idle worker checks whether it should stop (stop() also wakes them at once).
+const POLL: Duration = Duration::from_millis(500);
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+struct Shared {
+    registry: Arc<MetricsRegistry>,
+    addr: SocketAddr,
+    host: String,
+    stop: AtomicBool,
+    /// The tiny_http server in use; replaced when its accept loop dies, taken (closing it) by stop().
+    server: Mutex<Option<Arc<Server>>>,
+    listener_restarts: AtomicU64,
+    requests: AtomicU64,
+}
+
+pub struct MetricsServer {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer").field("addr", &self.shared.addr).finish_non_exhaustive()
+    }
+}
+
+fn bind(host: &str, port: u16) -> Result<Server> {
+    Server::http((host, port)).map_err(|e| {
+        match e.downcast_ref::<std::io::Error>().map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::AddrInUse) => {
+                Error::Config(format!("metrics port {port} on {host} is already in use"))
+            }
+            _ => Error::Config(format!("cannot serve metrics on {host}:{port}: {e}")),
+        }
+    })
+}
+
+impl MetricsServer {
+    /// Binds `host:port` (port 0: any free port, see `port()`) and starts answering on `WORKERS` threads.
+    pub fn start(registry: Arc<MetricsRegistry>, host: &str, port: u16) -> Result<MetricsServer> {
+        let server = bind(host, port)?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| Error::Config(format!("metrics server on {host}:{port} is not bound to an IP address")))?;
+        let shared = Arc::new(Shared {
+            registry,
+            addr,
+            host: host.to_string(),
+            stop: AtomicBool::new(false),
+            server: Mutex::new(Some(Arc::new(server))),
+            listener_restarts: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        });
+        let mut workers = Vec::with_capacity(WORKERS);
+        for i in 0..WORKERS {
+            let for_worker = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tidewatch-metrics-{i}"))
+                .spawn(move || worker(&for_worker));
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => {
+                    let mut partial = MetricsServer { shared, workers };
+                    partial.stop();
+                    return Err(Error::Config(format!("cannot start metrics server threads: {e}")));
+                }
+            }
+        }
+        Ok(MetricsServer { shared, workers })
+    }
+
+    /// The bound address (the actual port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+    pub fn port(&self) -> u16 {
+        self.shared.addr.port()
+    }
+    pub fn host(&self) -> &str {
+        &self.shared.host
+    }
+    /// Requests answered so far (any path).
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+    /// Times the listener had to be bound again after tiny_http's accept loop died.
+    pub fn listener_restarts(&self) -> u64 {
+        self.shared.listener_restarts.load(Ordering::Relaxed)
+    }
+    pub fn is_running(&self) -> bool {
+        !self.workers.is_empty()
+    }
+
+    /// Stops answering, closes the listening socket and joins the threads. Idempotent.
+    pub fn stop(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(server) = lock(&self.shared.server).as_ref() {
+            for _ in 0..self.workers.len() {
+                server.unblock();
+            }
+        }
+        for handle in self.workers.drain(..) {
+            let _ = handle.join(); // a worker that panicked has nothing left to clean up
+        }
+        // The workers are gone, so this was the last reference: dropping it closes the listener.
+        drop(lock(&self.shared.server).take());
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn worker(shared: &Shared) {
+    while !shared.stop.load(Ordering::Acquire) {
+        let Some(server) = lock(&shared.server).clone() else { return };
+        match server.recv_timeout(POLL) {
+            Ok(Some(request)) => {
+                shared.requests.fetch_add(1, Ordering::Relaxed);
+                answer(&shared.registry, request);
+            }
+            Ok(None) => {}
+            Err(e) => rebind(shared, &server, &e),
+        }
+    }
+}
+
+/// tiny_http reports an accept error once and its accept loop ends: bind the same address again,
+/// retrying until it works or the server is stopped.
+fn rebind(shared: &Shared, dead: &Arc<Server>, cause: &std::io::Error) {
+    let mut current = lock(&shared.server);
+    if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) {
+        return; // another worker did it, or the server is stopping
+    }
+    eprintln!("tidewatch metrics: listener on {} failed ({cause}); binding it again", shared.addr);
+    let mut wait = Duration::from_millis(50);
+    while !shared.stop.load(Ordering::Acquire) {
+        match Server::http(shared.addr) {
+            Ok(server) => {
+                *current = Some(Arc::new(server));
+                shared.listener_restarts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn answer(registry: &MetricsRegistry, request: Request) {
+    let path = request.url().split('?').next().unwrap_or_default();
+    let readonly = matches!(request.method(), Method::Get | Method::Head);
+    let response = if !readonly {
+        text(405, "method not allowed: this endpoint is read-only (GET)\n").with_header(header("Allow", "GET, HEAD"))
+    } else {
+        match path {
+            "/metrics" => text(200, registry.render()).with_header(header("Content-Type", CONTENT_TYPE)),
+            "/healthz" => text(200, "ok"),
+            _ => text(404, "not found: this server serves /metrics and /healthz\n"),
+        }
+    };
+    let _ = request.respond(response); // the client may have gone; nothing to do about it
+}
+
+fn text(status: u16, body: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(body.into())
+        .with_status_code(StatusCode(status))
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static ASCII header")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::metrics::BatchAggregate;
+    use crate::sensors::SensorSet;
+
+    /// One HTTP/1.0 exchange: (status, headers lower-cased, body).
+    fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(stream, "{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_lowercase(), body.to_string())
+    }
+
+    fn registry() -> Arc<MetricsRegistry> {
+        let s = SensorSet::swat();
+        let reg = MetricsRegistry::new(&s).unwrap();
+        let mut agg = BatchAggregate::new(&s);
+        agg.record_warmup(1.0);
+        reg.apply_batch(&agg, 0.1).unwrap();
+        Arc::new(reg)
+    }
+
+    #[test]
+    fn serves_metrics_and_health_only() {
+        let mut server = MetricsServer::start(registry(), "127.0.0.1", 0).unwrap();
+        let addr = server.addr();
+        assert_ne!(addr.port(), 0);
+
+        let (status, head, body) = http(addr, "GET", "/metrics");
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"), "{head}");
+        assert!(body.contains("# TYPE ae_reconstruction_error histogram"));
+        assert!(body.contains("ae_rows_processed_total 1\n"));
+        let (status, _, body) = http(addr, "GET", "/metrics?x=1");
+        assert_eq!((status, body.contains("ae_rows_processed_total")), (200, true));
+        let (status, _, body) = http(addr, "HEAD", "/metrics");
+        assert_eq!((status, body.as_str()), (200, ""));
+        let (status, _, body) = http(addr, "GET", "/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        for path in ["/", "/metrics/", "/favicon.ico", "/../etc/passwd", "/healthz/x"] {
+            assert_eq!(http(addr, "GET", path).0, 404, "{path}");
+        }
+        for method in ["POST", "PUT", "DELETE"] {
+            let (status, head, _) = http(addr, method, "/metrics");
+            assert_eq!(status, 405, "{method}");
+            assert!(head.contains("allow: get, head"), "{head}");
+        }
+        assert!(server.requests() >= 12);
+
+        server.stop();
+        assert!(!server.is_running());
+        assert!(TcpStream::connect(addr).is_err(), "the port is closed after stop()");
+        // and free again: a new server takes the same port
+        let again = MetricsServer::start(registry(), "127.0.0.1", addr.port()).unwrap();
+        assert_eq!(again.port(), addr.port());
+    }
+
+    #[test]
+    fn a_port_in_use_is_a_clear_error() {
+        let first = MetricsServer::start(registry(), "127.0.0.1", 0).unwrap();
+        let err = MetricsServer::start(registry(), "127.0.0.1", first.port()).unwrap_err().to_string();
+        assert_eq!(err, format!("metrics port {} on 127.0.0.1 is already in use", first.port()));
+        let err = MetricsServer::start(registry(), "no-such-host.invalid", 0).unwrap_err().to_string();
+        assert!(err.contains("no-such-host.invalid:0"), "{err}");
+    }
+
+    #[test]
+    fn answers_concurrent_scrapes_while_batches_apply() {
+        let s = SensorSet::swat();
+        let reg = Arc::new(MetricsRegistry::new(&s).unwrap());
+        let server = MetricsServer::start(reg.clone(), "127.0.0.1", 0).unwrap();
+        let addr = server.addr();
+        let scrapers: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        let (status, _, body) = http(addr, "GET", "/metrics");
+                        assert_eq!(status, 200);
+                        // a scrape never sees half a batch: rows and batches move together
+                        let value = |name: &str| -> f64 {
+                            let line = body.lines().find(|l| l.starts_with(name)).unwrap();
+                            line.rsplit_once(' ').unwrap().1.parse().unwrap()
+                        };
+                        assert_eq!(value("ae_rows_processed_total "), 2.0 * value("ae_batches_processed_total "));
+                    }
+                })
+            })
+            .collect();
+        for i in 0..200 {
+            let mut agg = BatchAggregate::new(&s);
+            agg.record_warmup(i as f64);
+            agg.record_quarantined("nan:FIT101");
+            reg.apply_batch(&agg, 0.01).unwrap();
+        }
+        for t in scrapers {
+            t.join().unwrap();
+        }
+        assert!(server.requests() >= 200);
+    }
+}
