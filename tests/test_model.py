@@ -324,3 +324,89 @@ def test_skab_normal_training_separates_valve_anomalies(shared_dir):
         auc = roc_auc_score(np.concatenate(labels), np.concatenate(scores))
         assert auc > floor, f"{method}: point-wise ROC AUC on SKAB valve1 {auc:.3f}"
     assert len(checksums) == 1, "the score method changes calibration only, not the network"
+
+
+def _legacy_module(n_features: int, hidden: int, latent: int, extra: bool = False):
+    """An LSTM-VAE as legacy code might write it: tidewatch's architecture under other module names."""
+    import torch
+
+    class LegacyVae(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm_enc = torch.nn.LSTM(n_features, hidden, batch_first=True)
+            self.mu = torch.nn.Linear(hidden, latent)
+            self.logvar = torch.nn.Linear(hidden, latent)
+            self.lstm_dec = torch.nn.LSTM(latent, hidden, batch_first=True)
+            self.out = torch.nn.Linear(hidden, n_features)
+            if extra:
+                self.decoder_input = torch.nn.Linear(latent, hidden)
+
+        def forward(self, x):
+            _, (h, _) = self.lstm_enc(x)
+            z = self.mu(h[-1])
+            d, _ = self.lstm_dec(z.unsqueeze(1).expand(-1, x.shape[1], -1))
+            return self.out(d)
+
+    torch.manual_seed(0)
+    return LegacyVae().eval()
+
+
+def test_legacy_state_dict_imports_and_scores_like_pytorch(tmp_path):
+    import torch
+
+    legacy = _legacy_module(5, 24, 6)
+    pth = tmp_path / "lstm_vae_swat.pth"
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in legacy.state_dict().items()}, "epoch": 7}, pth)
+    normal = table(plant_values(800, 12))
+    model = tidewatch.import_legacy(pth, normal, dict(window=16, device="cpu"), sensors=TOY)
+    assert model.manifest["training"]["source"].startswith("legacy import of lstm_vae_swat.pth")
+    assert (model.config.hidden_size, model.config.latent_size, model.config.layers) == (24, 6, 1)
+    assert model.manifest["training"]["validation_windows"] == 800 - 16 + 1
+
+    # The imported model scores what the PyTorch module computes on the same scaled windows.
+    test_values = plant_values(200, 13)
+    out = model.detector(device="cpu").score(batch(test_values))
+    scaled = np.asarray(model.scaler.transform(test_values), dtype=np.float32)
+    windows = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(scaled, 16, axis=0).transpose(0, 2, 1))
+    with torch.no_grad():
+        recon = legacy(torch.from_numpy(windows)).numpy()
+    expected = ((recon - windows) ** 2).mean(axis=(1, 2))
+    np.testing.assert_allclose(out.column("score").to_numpy(zero_copy_only=False)[15:], expected, rtol=1e-5,
+                               atol=1e-7)
+
+
+class PickledCheckpoint:
+    """A checkpoint object that only unpickling (running code) can rebuild."""
+
+    def __init__(self, weights: dict) -> None:
+        self.weights = weights
+
+
+def test_legacy_files_that_are_not_plain_equivalent_state_dicts_are_refused(tmp_path):
+    import torch
+
+    normal = table(plant_values(800, 12))
+    pickled = tmp_path / "pickled.pth"
+    torch.save(PickledCheckpoint(_legacy_module(5, 24, 6).state_dict()), pickled)
+    with pytest.raises(ModelError, match="pickled.pth: not a plain PyTorch state dict"):
+        tidewatch.import_legacy(pickled, normal, dict(window=16), sensors=TOY)
+
+    other = tmp_path / "other_arch.pth"
+    torch.save(_legacy_module(5, 24, 6, extra=True).state_dict(), other)
+    with pytest.raises(ModelError, match="decoder_input"):
+        tidewatch.import_legacy(other, normal, dict(window=16), sensors=TOY)
+
+    wrong_width = tmp_path / "wrong_width.pth"
+    torch.save(_legacy_module(7, 24, 6).state_dict(), wrong_width)
+    with pytest.raises(ModelError, match="7 sensors"):
+        tidewatch.import_legacy(wrong_width, normal, dict(window=16), sensors=TOY)
+
+    good = tmp_path / "good.pth"
+    torch.save(_legacy_module(5, 24, 6).state_dict(), good)
+    with pytest.raises(ConfigError, match="'hidden_size': 32 given"):
+        tidewatch.import_legacy(good, normal, dict(window=16, hidden_size=32), sensors=TOY)
+    renamed = tmp_path / "renamed.pth"
+    torch.save({k.replace("lstm_enc", "rnn1"): v for k, v in _legacy_module(5, 24, 6).state_dict().items()}, renamed)
+    with pytest.raises(ModelError, match="mapping="):
+        tidewatch.import_legacy(renamed, normal, dict(window=16), sensors=TOY)
+    assert tidewatch.import_legacy(renamed, normal, dict(window=16), sensors=TOY, mapping={"rnn1": "encoder"}).version

@@ -20,7 +20,7 @@ from tidewatch._native import (  # noqa: E402
     WindowStream,
     sensor_matrix,
 )
-from tidewatch.model import Detector, Model, ModelConfig, train  # noqa: E402
+from tidewatch.model import Detector, Model, ModelConfig, import_legacy, train  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "Model",
     "ModelConfig",
     "train",
+    "import_legacy",
     "TidewatchError",
     "SchemaError",
     "InputError",

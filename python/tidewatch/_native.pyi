@@ -164,3 +164,11 @@ def train_model(
     progress: Any = None,
 ) -> Model: ...
 def torch_version() -> str: ...
+def import_weights(
+    weights: dict[str, npt.NDArray[np.float32]],
+    batches: list[Any],
+    config: ModelConfig,
+    sensors: SensorSet,
+    scaler: Scaler | None = None,
+    source: str = "import",
+) -> Model: ...

@@ -10,10 +10,13 @@ Training runs in the native core with the GIL released; the progress callback is
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import IO, Any, Union
 
 import pyarrow as pa
@@ -25,7 +28,7 @@ log = logging.getLogger("tidewatch.train")
 
 Progress = Union[Callable[[dict[str, Any]], Any], str, bool, None]
 
-__all__ = ["Detector", "Model", "ModelConfig", "train", "as_record_batches", "ProgressBar"]
+__all__ = ["Detector", "Model", "ModelConfig", "train", "import_legacy", "as_record_batches", "ProgressBar"]
 
 
 def as_record_batches(data: Any, what: str = "data") -> list[pa.RecordBatch]:
@@ -150,3 +153,114 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+
+
+# Module names that legacy LSTM-VAE code commonly gives the five parts of the network, per tidewatch name.
+LEGACY_ALIASES: dict[str, tuple[str, ...]] = {
+    "encoder": ("encoder", "enc", "lstm_enc", "encoder_lstm", "lstm_encoder", "enc_lstm"),
+    "fc_mu": ("fc_mu", "mu", "fc21", "hidden2mean", "mean", "z_mean", "enc_mu", "linear_mu"),
+    "fc_logvar": ("fc_logvar", "logvar", "log_var", "fc22", "hidden2logvar", "z_log_var", "enc_logvar",
+                  "linear_logvar", "fc_var"),
+    "decoder": ("decoder", "dec", "lstm_dec", "decoder_lstm", "lstm_decoder", "dec_lstm"),
+    "output": ("output", "out", "fc_out", "output_layer", "linear_out", "dec_out", "hidden2output"),
+}
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+_PREFIXES = ("module.", "model.")
+
+
+def _legacy_state_dict(path: Path) -> dict[str, Any]:
+    import pickle
+
+    import torch
+
+    try:
+        # weights_only: tensors and plain containers only; no code from the file ever runs.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise _native.ModelError(
+            f"{path}: not a plain PyTorch state dict that can be read without running code from the file "
+            f"({str(e).splitlines()[0]}); in the old code, save `model.state_dict()` instead of the model") from e
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise _native.ModelError(f"{path}: expected a state dict (parameter name -> tensor), got {type(obj).__name__}")
+    return dict(obj)
+
+
+def _rename(names: Iterable[str], mapping: Mapping[str, str] | None, path: Path) -> dict[str, str]:
+    """Old name -> tidewatch name: user `mapping` (old module prefix -> tidewatch module) first, then
+    LEGACY_ALIASES; a wrapper prefix such as `module.` (DataParallel) is dropped."""
+    alias = {old: new for new, olds in LEGACY_ALIASES.items() for old in olds}
+    alias.update(mapping or {})
+    out: dict[str, str] = {}
+    for name in names:
+        bare = name
+        for prefix in _PREFIXES:
+            if bare.startswith(prefix):
+                bare = bare[len(prefix):]
+        module, _, param = bare.rpartition(".")
+        new = alias.get(module)
+        if new is None:
+            raise _native.ModelError(
+                f"{path}: parameter '{name}' belongs to module '{module}', which is not part of tidewatch's LSTM-VAE "
+                f"(encoder LSTM, fc_mu, fc_logvar, decoder LSTM fed the latent, output Linear); "
+                f"pass mapping={{'{module}': '<encoder|fc_mu|fc_logvar|decoder|output>'}} if it is one of them")
+        out[name] = f"{new}.{param}"
+    if len(set(out.values())) != len(out):
+        raise _native.ModelError(f"{path}: two parameters map onto the same tidewatch name: {sorted(out)}")
+    return out
+
+
+def import_legacy(
+    path: str | os.PathLike[str],
+    data: Any,
+    config: ModelConfig | Mapping[str, Any] | None = None,
+    *,
+    sensors: SensorSet | str | os.PathLike[str] | None = None,
+    scaler: _native.Scaler | None = None,
+    mapping: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Model:
+    """Converts a legacy PyTorch `.pth` state dict of an equivalent LSTM-VAE into a tidewatch Model.
+
+    The file is read with ``torch.load(weights_only=True)``: tensors only, no code runs. Parameter names
+    are mapped onto tidewatch's (see LEGACY_ALIASES; `mapping` adds old-module -> new-module entries);
+    hidden size, latent size and layers are read from the shapes. The legacy model came without
+    calibrated thresholds: `data` (normal operation, ideally not what the weights were trained on)
+    calibrates them, and `scaler` should be the scaler the old model was trained with (default: min-max
+    fitted on `data`). Save the result with ``.save(path)``.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise _native.ModelError(f"{path}: no such file")
+    state = _legacy_state_dict(path)
+    names = _rename(state, mapping, path)
+    weights = {names[k]: v.detach().to(dtype=torch.float32).numpy() for k, v in state.items()}
+    batches = as_record_batches(data, "data")
+    plant = _sensor_set(sensors, batches)
+
+    def shape(name: str) -> tuple[int, ...]:
+        if name not in weights:
+            raise _native.ModelError(f"{path}: no '{name}' parameter after renaming (have {sorted(weights)})")
+        return tuple(weights[name].shape)
+
+    hidden = shape("encoder.weight_hh_l0")[1]
+    latent = shape("fc_mu.weight")[0]
+    layers = len([n for n in weights if re.fullmatch(r"encoder\.weight_ih_l\d+", n)])
+    n_features = shape("encoder.weight_ih_l0")[1]
+    if n_features != len(plant.sensors):
+        raise _native.ModelError(
+            f"{path}: the encoder reads {n_features} sensors, plant '{plant.plant}' has {len(plant.sensors)}")
+    cfg = _config(config, overrides)
+    for field, value in (("hidden_size", hidden), ("latent_size", latent), ("layers", layers)):
+        given = (dict(config) if isinstance(config, Mapping) else {}).get(field, overrides.get(field))
+        if given is not None and given != value:
+            raise _native.ConfigError(f"model config field '{field}': {given} given, the weights in {path} have {value}")
+        setattr(cfg, field, value)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    source = f"legacy import of {path.name} (sha256 {digest[:16]})"
+    return _native.import_weights(weights, batches, cfg, plant, scaler=scaler, source=source)

@@ -6,17 +6,20 @@
 //! Without an explicit validation set, the last `validation_fraction` of every segment is held out.
 //! The scaler is fitted on the training part only, unless one is given (e.g. fitted by Spark).
 //! Thresholds are calibrated on the held-out windows at the scoring stride.
+use std::collections::BTreeMap;
 use std::ops::{ControlFlow, Range};
 
 use arrow_array::{Array, RecordBatch};
 use sha2::{Digest, Sha256};
+use tch::Tensor;
 
 use super::artifact::{ModelArtifact, TrainingSummary};
 use super::input::{format_micros, plant_column, timestamp_column};
 use super::score::score_window_set;
 use super::threshold::{calibrate, check_calibration_size};
 use super::train::{train, EpochReport, TrainingSeries};
-use super::{parse_device, ModelConfig};
+use super::vae::{Architecture, LstmVae};
+use super::{apply_threads, parse_device, ModelConfig};
 use crate::matrix::{InvalidRows, SensorMatrix};
 use crate::scaler::{Scaler, ScalerKind, ScalerStats};
 use crate::sensors::SensorSet;
@@ -143,6 +146,18 @@ impl Rows {
         Ok(Rows { matrices, refs, segments, excluded, time_range })
     }
 
+    /// A min-max scaler fitted on the rows in `ranges`.
+    fn fit_min_max(&self, ranges: &[Range<usize>], sensors: &SensorSet) -> Result<Scaler> {
+        let f = sensors.len();
+        let mut stats = ScalerStats::new(f);
+        let mut row = vec![0.0; f];
+        for r in ranges.iter().flat_map(|r| r.clone()) {
+            row.iter_mut().enumerate().for_each(|(j, v)| *v = self.value(r, j));
+            stats.push_row(&row);
+        }
+        stats.finish(ScalerKind::MinMax, sensors.sensors())
+    }
+
     #[inline]
     fn value(&self, r: usize, j: usize) -> f64 {
         let (b, i) = self.refs[r];
@@ -232,15 +247,7 @@ pub fn fit(
 
     let scaler = match scaler {
         Some(s) => s,
-        None => {
-            let mut stats = ScalerStats::new(f);
-            let mut row = vec![0.0; f];
-            for r in train_ranges.iter().flat_map(|r| r.clone()) {
-                row.iter_mut().enumerate().for_each(|(j, v)| *v = train_rows.value(r, j));
-                stats.push_row(&row);
-            }
-            stats.finish(ScalerKind::MinMax, sensors.sensors())?
-        }
+        None => train_rows.fit_min_max(&train_ranges, sensors)?,
     };
 
     let mut hash = Sha256::new();
@@ -285,6 +292,60 @@ pub fn fit(
         history: trained.history,
     };
     ModelArtifact::new(sensors.clone(), scaler, thresholds, config.clone(), summary, trained.vae)
+}
+
+/// Builds a model from existing weights (a legacy PyTorch state dict mapped onto tidewatch's parameter
+/// names by the caller): no training; the thresholds are calibrated on every window of `data`, which must
+/// be normal operation the weights were not trained on. `config` must describe the weights' architecture
+/// (hidden_size, latent_size, layers) and the window they expect. `source` says where they came from.
+pub fn import_weights(
+    weights: &BTreeMap<String, Tensor>,
+    data: &[RecordBatch],
+    sensors: &SensorSet,
+    scaler: Option<Scaler>,
+    config: &ModelConfig,
+    source: &str,
+) -> Result<ModelArtifact> {
+    config.validate()?;
+    let f = sensors.len();
+    if let Some(s) = &scaler {
+        if s.len() != f {
+            return Err(Error::Config(format!("the scaler has {} columns, plant '{}' has {f} sensors", s.len(), sensors.plant())));
+        }
+    }
+    apply_threads(config.threads)?;
+    let device = parse_device(&config.device)?;
+    let started = std::time::Instant::now();
+    let vae = LstmVae::zeroed(Architecture::new(config, f)?, device)?;
+    vae.load_parameters(weights, source)?;
+
+    let rows = Rows::read(data, sensors, "calibration data")?;
+    let scaler = match scaler {
+        Some(s) => s,
+        None => rows.fit_min_max(&rows.segments, sensors)?,
+    };
+    let mut hash = Sha256::new();
+    let (values, lengths) = rows.scaled(&rows.segments, &scaler, &mut hash);
+    let series = TrainingSeries::new(&values, f, &lengths)?;
+    drop(values);
+    let windows = series.windows(config.window, config.stride);
+    check_calibration_size(windows.len(), config)?;
+    let normal = score_window_set(&vae, &windows, config.score_batch_for(device))?;
+    let thresholds = calibrate(&normal, config)?;
+    let summary = TrainingSummary {
+        source: source.to_string(),
+        rows: rows.refs.len() as u64,
+        rows_excluded: rows.excluded,
+        segments: rows.segments.len(),
+        train_windows: 0,
+        validation_windows: windows.len(),
+        data_sha256: hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        time_range: rows.time_range.map(|(lo, hi)| (format_micros(lo), format_micros(hi))),
+        device: super::device_name(device),
+        seconds: started.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    ModelArtifact::new(sensors.clone(), scaler, thresholds, config.clone(), summary, vae)
 }
 
 #[cfg(test)]
@@ -387,6 +448,30 @@ pub(crate) mod tests {
         assert_eq!(given.manifest.scaler, m.scaler);
         assert_eq!(given.manifest.training.validation_windows, 300 - 16 + 1);
         assert_eq!(given.manifest.training.rows, 1500);
+    }
+
+    #[test]
+    fn imported_weights_score_like_the_original_and_mismatches_are_refused() {
+        let cfg = ModelConfig { epochs: 3, ..small_config() };
+        let values = plant_series(1200, 11);
+        let batches = [toy_batch(&values, 0, Some("toy"))];
+        let art = fit(&batches, None, &toy_sensors(), None, &cfg, |_| ControlFlow::Continue(())).unwrap();
+        let weights = art.vae.parameters_to_cpu();
+        let normal = [toy_batch(&plant_series(600, 8), 0, Some("toy"))];
+        let imported = import_weights(&weights, &normal, &toy_sensors(), Some(art.scaler().clone()), &cfg, "legacy import of test.pth")
+            .unwrap();
+        assert_eq!(imported.manifest.weights.sha256, art.manifest.weights.sha256, "same weights, same file");
+        assert_eq!(imported.manifest.training.source, "legacy import of test.pth");
+        assert_eq!(imported.manifest.training.validation_windows, 600 - 16 + 1);
+        assert!(imported.thresholds().window > 0.0);
+
+        let mut wrong = art.vae.parameters_to_cpu();
+        wrong.remove("fc_mu.bias");
+        let err = import_weights(&wrong, &normal, &toy_sensors(), None, &cfg, "old.pth").unwrap_err().to_string();
+        assert!(err.contains("old.pth") && err.contains("missing: [fc_mu.bias]"), "{err}");
+        let bigger = ModelConfig { hidden_size: 32, ..cfg };
+        let err = import_weights(&weights, &normal, &toy_sensors(), None, &bigger, "old.pth").unwrap_err().to_string();
+        assert!(err.contains("shape"), "{err}");
     }
 
     #[test]

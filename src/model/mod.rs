@@ -16,7 +16,7 @@ pub mod vae;
 pub use artifact::{Manifest, ModelArtifact, PublishReport, TrainingSummary};
 pub use config::ModelConfig;
 pub use detector::{Detector, ScoreOutcome};
-pub use fit::fit;
+pub use fit::{fit, import_weights};
 pub use score::{score_window_set, score_windows, WindowScores};
 pub use threshold::{ThresholdMethod, Thresholds};
 pub use train::{train, EpochReport, StopReason, TrainedModel, TrainingSeries, WindowSet};

@@ -1,13 +1,17 @@
 //! Bindings for the model: configuration, training, the trained model, the Detector.
 //! Conversions, GIL release and error mapping only; the logic is in src/model/.
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
+use numpy::PyReadonlyArrayDyn;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::{PyRecordBatch, PySchema, PyTable};
+
+use tch::Tensor;
 
 use super::kernels::{PyScaler, PySensorSet};
 use super::to_py;
@@ -257,6 +261,36 @@ fn train_model(
     Ok(PyModel { inner: Mutex::new(artifact) })
 }
 
+/// Builds a model from existing weights (name -> float32 array, tidewatch's names and shapes) and
+/// calibrates its thresholds on `batches` of normal operation. For the legacy importer.
+#[pyfunction]
+#[pyo3(signature = (weights, batches, config, sensors, scaler = None, source = "import"))]
+fn import_weights(
+    py: Python<'_>,
+    weights: BTreeMap<String, PyReadonlyArrayDyn<'_, f32>>,
+    batches: Vec<PyRecordBatch>,
+    config: &PyModelConfig,
+    sensors: &PySensorSet,
+    scaler: Option<PyRef<'_, PyScaler>>,
+    source: &str,
+) -> PyResult<PyModel> {
+    let tensors: BTreeMap<String, Tensor> = weights
+        .into_iter()
+        .map(|(name, array)| {
+            let a = array.as_array();
+            let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+            let values: Vec<f32> = a.iter().copied().collect(); // logical (C) order whatever the strides
+            (name, Tensor::from_slice(&values).view(shape.as_slice()))
+        })
+        .collect();
+    let data: Vec<_> = batches.into_iter().map(PyRecordBatch::into_inner).collect();
+    let (config, sensors, scaler) = (config.0.clone(), sensors.0.clone(), scaler.map(|s| s.0.clone()));
+    let artifact = py
+        .detach(move || model::import_weights(&tensors, &data, &sensors, scaler, &config, source))
+        .map_err(to_py)?;
+    Ok(PyModel { inner: Mutex::new(artifact) })
+}
+
 /// Scores record batches with a model: per row a score, a flag, per-sensor errors and the sensors to
 /// blame (docs/scoring-contract.md). Keeps each plant's last rows between calls.
 #[pyclass(name = "Detector", module = "tidewatch", frozen)]
@@ -464,6 +498,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_class::<PyDetector>()?;
     m.add_function(wrap_pyfunction!(train_model, m)?)?;
+    m.add_function(wrap_pyfunction!(import_weights, m)?)?;
     m.add_function(wrap_pyfunction!(torch_version, m)?)?;
     Ok(())
 }
