@@ -29,6 +29,7 @@ use super::input::{context_column, plant_column, timestamp_column, timestamp_typ
 use super::score::score_starts;
 use super::{apply_threads, parse_device};
 use crate::matrix::{InvalidRows, SensorMatrix};
+use crate::metrics::BatchAggregate;
 use crate::sensors::SensorSet;
 use crate::windows::WindowStream;
 use crate::{Error, Result};
@@ -310,6 +311,16 @@ impl Detector {
     /// Scores a record batch (see the module documentation for the rules and docs/scoring-contract.md
     /// for the schemas).
     pub fn score(&mut self, batch: &RecordBatch) -> Result<ScoreOutcome> {
+        self.score_into(batch, None)
+    }
+
+    /// `score`, also recording every output row (and the windows run) in `aggregate`, the partial
+    /// metrics of this partition (src/metrics/aggregate.rs): scored rows with their flag, anomalous
+    /// sensors, per-sensor errors, raw sensor values and event time; warm-up and quarantined rows.
+    pub fn score_into(&mut self, batch: &RecordBatch, aggregate: Option<&mut BatchAggregate>) -> Result<ScoreOutcome> {
+        if let Some(agg) = &aggregate {
+            agg.check_same_sensors(&self.model.sensors)?;
+        }
         let sensors = &self.model.sensors;
         let names = sensors.sensors();
         let f = sensors.len();
@@ -458,7 +469,11 @@ impl Detector {
         }
 
         // 4. The output batch.
-        let out = self.build_output(&outcome, results.as_ref(), plants.as_ref(), times.as_ref())?;
+        let mut aggregate = aggregate;
+        if let Some(agg) = aggregate.as_deref_mut() {
+            agg.add_windows(windows_scored as u64);
+        }
+        let out = self.build_output(&outcome, results.as_ref(), plants.as_ref(), times.as_ref(), &matrix, aggregate)?;
         let mut counts = (0, 0, 0);
         for o in &outcome {
             match o {
@@ -484,7 +499,11 @@ impl Detector {
         results: Option<&super::score::WindowScores>,
         plants: Option<&arrow_array::StringArray>,
         times: Option<&arrow_array::PrimitiveArray<arrow_array::types::TimestampMicrosecondType>>,
+        matrix: &SensorMatrix,
+        mut aggregate: Option<&mut BatchAggregate>,
     ) -> Result<(RecordBatch, usize)> {
+        // Reused per row for the aggregate.
+        let (mut row_errors, mut row_values, mut named) = (Vec::new(), Vec::new(), Vec::new());
         let names = self.model.sensors.sensors();
         let f = names.len();
         let rows = outcome.iter().filter(|o| !matches!(o, Outcome::Context)).count();
@@ -517,10 +536,16 @@ impl Detector {
                 Some(p) => plant_b.append_value(p.value(i)),
                 None => plant_b.append_value(default_plant),
             }
-            match times {
-                Some(t) if t.is_valid(i) => time_b.append_value(t.value(i)),
-                _ => time_b.append_null(),
-            }
+            let event_time_s = match times {
+                Some(t) if t.is_valid(i) => {
+                    time_b.append_value(t.value(i));
+                    t.value(i) as f64 / 1e6
+                }
+                _ => {
+                    time_b.append_null();
+                    f64::NAN
+                }
+            };
             version_b.append_value(version);
             let (score, errors): (f32, &[f32]) = match o {
                 Outcome::Scored(WindowRef::Fresh(slot)) => {
@@ -531,8 +556,18 @@ impl Detector {
                 Outcome::Warmup | Outcome::Quarantined(_) => {
                     status_b.append_value(if matches!(o, Outcome::Warmup) { STATUS_WARMUP } else { STATUS_QUARANTINED });
                     match o {
-                        Outcome::Quarantined(r) => reason_b.append_value(r),
-                        _ => reason_b.append_null(),
+                        Outcome::Quarantined(r) => {
+                            reason_b.append_value(r);
+                            if let Some(agg) = aggregate.as_deref_mut() {
+                                agg.record_quarantined(r);
+                            }
+                        }
+                        _ => {
+                            reason_b.append_null();
+                            if let Some(agg) = aggregate.as_deref_mut() {
+                                agg.record_warmup(event_time_s);
+                            }
+                        }
                     }
                     score_b.append_null();
                     flag_b.append_null();
@@ -564,21 +599,30 @@ impl Detector {
                 text.push_str(&names[j]);
             }
             top_b.append_value(&text);
+            named.clear();
             if flag {
                 flagged += 1;
+                named.extend(order.iter().copied().filter(|&j| f64::from(errors[j]) > sensor_thresholds[j]));
+                if named.is_empty() {
+                    named.push(order[0]);
+                }
                 text.clear();
-                for &j in order.iter().filter(|&&j| f64::from(errors[j]) > sensor_thresholds[j]) {
-                    if !text.is_empty() {
+                for (n, &j) in named.iter().enumerate() {
+                    if n > 0 {
                         text.push(',');
                     }
                     text.push_str(&names[j]);
                 }
-                if text.is_empty() {
-                    text.push_str(&names[order[0]]);
-                }
                 anom_b.append_value(&text);
             } else {
                 anom_b.append_value("");
+            }
+            if let Some(agg) = aggregate.as_deref_mut() {
+                row_errors.clear();
+                row_errors.extend(errors.iter().map(|&e| f64::from(e)));
+                row_values.clear();
+                row_values.extend((0..f).map(|j| matrix.value(i, j)));
+                agg.record_scored(flag, &named, &row_errors, &row_values, event_time_s);
             }
         }
         let mut columns: Vec<ArrayRef> = vec![
@@ -754,6 +798,32 @@ mod tests {
         let all = det.score(&test).unwrap();
         assert_eq!(all.rows_flagged, all.rows_scored);
         assert!(det.set_threshold(Some(f64::NAN)).is_err());
+    }
+
+    #[test]
+    fn the_aggregate_accounts_for_every_output_row() {
+        let cfg = ModelConfig { epochs: 2, ..small_config() };
+        let mut det = Detector::from_artifact(trained(&cfg), Device::Cpu).unwrap();
+        det.set_threshold(Some(0.0)).unwrap(); // every scored row flagged, so every row names sensors
+        let mut values = plant_series(60, 3);
+        values[30 * 5 + 1] = f32::NAN;
+        let test = toy_batch(&values, 100, Some("toy"));
+        let mut agg = BatchAggregate::new(det.sensors());
+        let out = det.score_into(&test, Some(&mut agg)).unwrap();
+        assert_eq!(agg.rows_scored(), out.rows_scored as u64);
+        assert_eq!(agg.rows_warmup(), 15);
+        assert_eq!(agg.quarantined_by_reason().get("nan:P"), Some(&1));
+        assert_eq!(agg.windows_ready(), out.windows_scored as u64);
+        assert_eq!(agg.anomalies(), out.rows_flagged as u64);
+        assert_eq!(agg.latest_event_time_s(), Some(159.0));
+        let named: u64 = strings(&out.batch, "anomalous_sensors")
+            .iter()
+            .flatten()
+            .map(|s| s.split(',').filter(|x| !x.is_empty()).count() as u64)
+            .sum();
+        assert_eq!(agg.anomalies_by_sensor().iter().sum::<u64>(), named);
+        let other = SensorSet::from_text("plant: x\nsensors: [a]\nstages:\n  s: [a]\n").unwrap();
+        assert!(det.score_into(&test, Some(&mut BatchAggregate::new(&other))).is_err());
     }
 
     #[test]
