@@ -524,6 +524,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn early_stopping_ends_a_plateau_and_counts_only_after_annealing() {
+        let cfg = ModelConfig { epochs: 60, patience: 2, beta_anneal_epochs: 3, ..small_config() };
+        let (tr, va, _) = small_data(&cfg);
+        let model = train(&cfg, &tr, &va, |_| ControlFlow::Continue(())).unwrap();
+        let h = &model.history;
+        assert_eq!(model.stop, StopReason::EarlyStopped, "{} epochs ran", h.len());
+        assert!(h.len() < 60);
+        // The last `patience` epochs did not improve, and the kept epoch is the best one.
+        assert!(h[h.len() - 2..].iter().all(|r| !r.improved));
+        assert_eq!(model.best_epoch, h.iter().rposition(|r| r.improved).unwrap() + 1);
+        assert!(h.len() >= cfg.beta_anneal_epochs + cfg.patience);
+    }
+
+    #[test]
     fn same_seed_gives_bit_identical_weights() {
         let cfg = ModelConfig { epochs: 3, patience: 0, ..small_config() };
         let (tr, va, _) = small_data(&cfg);
