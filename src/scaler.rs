@@ -36,8 +36,10 @@ pub struct ColumnStats {
 }
 
 impl Default for ColumnStats {
+    /// Empty statistics. The extremes start at the largest finite values, not ±infinity, because the
+    /// partials travel as JSON (from Spark executors), which has no infinity.
     fn default() -> Self {
-        ColumnStats { count: 0, mean: 0.0, m2: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY }
+        ColumnStats { count: 0, mean: 0.0, m2: 0.0, min: f64::MAX, max: f64::MIN }
     }
 }
 
@@ -209,6 +211,20 @@ mod tests {
             }
             assert_eq!(a.constant_columns, vec!["s2".to_string()]);
         }
+    }
+
+    #[test]
+    fn empty_partials_survive_json_and_merge() {
+        let empty = ScalerStats::new(2);
+        let back: ScalerStats = serde_json::from_str(&serde_json::to_string(&empty).unwrap()).unwrap();
+        assert_eq!(back, empty);
+        let mut full = ScalerStats::new(2);
+        full.push_row(&[1.0, -3.0]);
+        let mut merged = back.clone();
+        merged.merge(&full).unwrap();
+        full.merge(&back).unwrap();
+        assert_eq!(merged, full);
+        assert_eq!((merged.columns[1].min, merged.columns[1].max), (-3.0, -3.0));
     }
 
     #[test]
