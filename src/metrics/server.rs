@@ -4,13 +4,18 @@
 //! only while gathering.
 //!
 //! Started explicitly (never at import: PySpark forks its workers), stopped by `stop()` or on drop.
-//! If tiny_http's accept loop dies (it stops on the first accept error, e.g. out of file descriptors),
-//! the workers bind the same address again, so the endpoint comes back once the cause is gone.
-use std::net::SocketAddr;
+//! If tiny_http's accept loop dies (it stops on the first accept error and panics on some, e.g. when
+//! the process is out of file descriptors), the workers bind the same address again, so the endpoint
+//! comes back once the cause is gone.
+//!
+//! Known limit: tiny_http sets no read timeout, so each open idle connection holds a thread and a
+//! descriptor until its client closes it; a flood of idle connections can exhaust them (the endpoint
+//! then comes back when they close). Put it behind the cluster network, not on the open internet.
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
 
@@ -22,6 +27,8 @@ use crate::{Error, Result};
 pub const WORKERS: usize = 3;
 /// How often an idle worker checks whether it should stop (stop() also wakes them at once).
 const POLL: Duration = Duration::from_millis(500);
+/// How often the workers check that tiny_http's listener is still alive (see `revive_if_dead`).
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 struct Shared {
@@ -32,6 +39,7 @@ struct Shared {
     /// The tiny_http server in use; replaced when its accept loop dies, taken (closing it) by stop().
     server: Mutex<Option<Arc<Server>>>,
     listener_restarts: AtomicU64,
+    next_liveness_check: Mutex<Instant>,
     requests: AtomicU64,
 }
 
@@ -72,6 +80,7 @@ impl MetricsServer {
             stop: AtomicBool::new(false),
             server: Mutex::new(Some(Arc::new(server))),
             listener_restarts: AtomicU64::new(0),
+            next_liveness_check: Mutex::new(Instant::now() + LIVENESS_EVERY),
             requests: AtomicU64::new(0),
         });
         let mut workers = Vec::with_capacity(WORKERS);
@@ -102,6 +111,16 @@ impl MetricsServer {
     pub fn host(&self) -> &str {
         &self.shared.host
     }
+    /// `http://host:port/metrics`, a wildcard host written as loopback (where a local client reaches it).
+    pub fn url(&self) -> String {
+        let host = match self.shared.host.as_str() {
+            "0.0.0.0" | "" => "127.0.0.1".to_string(),
+            "::" | "[::]" => "[::1]".to_string(),
+            h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+            h => h.to_string(),
+        };
+        format!("http://{host}:{}/metrics", self.port())
+    }
     /// Requests answered so far (any path).
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
@@ -128,8 +147,14 @@ impl MetricsServer {
         for handle in self.workers.drain(..) {
             let _ = handle.join(); // a worker that panicked has nothing left to clean up
         }
-        // The workers are gone, so this was the last reference: dropping it closes the listener.
+        // The workers are gone, so this is the last reference. Dropping it tells tiny_http's accept thread
+        // to end, which closes the listener a moment later: wait for that (the address binds again only
+        // then), so that the port is free when stop() returns.
         drop(lock(&self.shared.server).take());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while TcpListener::bind(self.shared.addr).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -148,32 +173,37 @@ fn worker(shared: &Shared) {
                 answer(&shared.registry, request);
             }
             Ok(None) => {}
-            Err(e) => rebind(shared, &server, &e),
+            Err(e) => eprintln!("tidewatch metrics: accepting a connection on {} failed: {e}", shared.addr),
         }
+        drop(server);
+        revive_if_dead(shared);
     }
 }
 
-/// tiny_http reports an accept error once and its accept loop ends: bind the same address again,
-/// retrying until it works or the server is stopped.
-fn rebind(shared: &Shared, dead: &Arc<Server>, cause: &std::io::Error) {
-    let mut current = lock(&shared.server);
-    if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) {
-        return; // another worker did it, or the server is stopping
-    }
-    eprintln!("tidewatch metrics: listener on {} failed ({cause}); binding it again", shared.addr);
-    let mut wait = Duration::from_millis(50);
-    while !shared.stop.load(Ordering::Acquire) {
-        match Server::http(shared.addr) {
-            Ok(server) => {
-                *current = Some(Arc::new(server));
-                shared.listener_restarts.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(_) => {
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_secs(1));
-            }
+/// tiny_http's accept thread ends for good on an accept error and panics when it cannot clone an
+/// accepted socket (both happen when the process runs out of file descriptors); either way its
+/// listening socket is closed. Binding the address succeeds only then (a live listener holds it), so
+/// a bind attempt every `LIVENESS_EVERY` is the liveness check, and its listener the replacement.
+fn revive_if_dead(shared: &Shared) {
+    {
+        let mut next = lock(&shared.next_liveness_check);
+        let now = Instant::now();
+        if now < *next {
+            return;
         }
+        *next = now + LIVENESS_EVERY;
+    }
+    let mut current = lock(&shared.server);
+    if current.is_none() || shared.stop.load(Ordering::Acquire) {
+        return;
+    }
+    let Ok(listener) = TcpListener::bind(shared.addr) else {
+        return; // in use: the listener is alive (or descriptors are still short; try again later)
+    };
+    if let Ok(server) = Server::from_listener(listener, None) {
+        *current = Some(Arc::new(server));
+        shared.listener_restarts.fetch_add(1, Ordering::Relaxed);
+        eprintln!("tidewatch metrics: the listener on {} had stopped; listening again", shared.addr);
     }
 }
 
@@ -241,6 +271,7 @@ mod tests {
         let mut server = MetricsServer::start(registry(), "127.0.0.1", 0).unwrap();
         let addr = server.addr();
         assert_ne!(addr.port(), 0);
+        assert_eq!(server.url(), format!("http://127.0.0.1:{}/metrics", addr.port()));
 
         let (status, head, body) = http(addr, "GET", "/metrics");
         assert_eq!(status, 200);

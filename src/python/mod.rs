@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use crate::Error;
 
 mod kernels;
+mod metrics;
 mod model;
 
 create_exception!(_native, TidewatchError, PyException, "Base class of every tidewatch error.");
@@ -44,6 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TidewatchIOError", py.get_type::<TidewatchIOError>())?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     kernels::register(m)?;
+    metrics::register(m)?;
     model::register(m)?;
     Ok(())
 }
