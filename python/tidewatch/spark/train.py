@@ -221,6 +221,7 @@ def write_report(report_dir: Path, report: dict, calibration_scores, threshold: 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("TIDEWATCH_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -23,6 +23,10 @@ _TEXT_TIME_FORMATS = (None, "dd/MM/yyyy h:mm:ss a", "d/M/yyyy h:mm:ss a", "yyyy-
 class Validated:
     valid: DataFrame  # plant, timestamp, sensors as double, label (nullable int), _tw_row
     quarantined: DataFrame  # plant, timestamp, reason, raw (JSON of the input row)
+    cached: DataFrame  # what both read; unpersist() when done
+
+    def unpersist(self) -> None:
+        self.cached.unpersist()
 
 
 def _parse_timestamp(col: Column, dtype: T.DataType) -> Column:
@@ -102,9 +106,13 @@ def validate(df: DataFrame, sensors: list[str], default_plant: str) -> Validated
         PLANT, TIMESTAMP, *[F.col(f"`{n}`") for n in sensors], LABEL, ROW_ID,
         F.coalesce(F.col("_tw_row_reason"), *sensor_reasons).alias(REASON), "raw",
     )
+    # Materialised once: both branches below read it, and without the barrier the optimiser pushes
+    # each filter into the projection, inlining every per-sensor expression twice (Spark's generated
+    # code then exceeds the JVM's 64 KB method limit and falls back to slow interpretation).
+    typed = typed.persist()
     valid = typed.where(F.col(REASON).isNull()).drop(REASON, "raw")
     quarantined = typed.where(F.col(REASON).isNotNull()).select(PLANT, TIMESTAMP, REASON, "raw")
-    return Validated(valid, quarantined)
+    return Validated(valid, quarantined, typed)
 
 
 def _parse_label(col: Column, dtype: T.DataType) -> Column:

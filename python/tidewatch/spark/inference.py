@@ -1,0 +1,303 @@
+"""`spark-submit inference.py`: score a stream of plant readings in micro-batches and serve metrics.
+
+Per micro-batch (foreachBatch): validate and quarantine bad rows, prepend each plant's carried tail
+(the last W-1 rows already scored), repartition by plant and sort by time, score with the native kernel
+in `mapInArrow`, write every scored row to the results sink idempotently per batch id, merge the
+partitions' metric aggregates on the driver into the one registry served on the metrics port.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("tidewatch.inference")
+
+RESULT_STATUSES = ("scored", "warmup")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", choices=["files", "kafka"], default="files", help="where readings come from")
+    p.add_argument("--landing-dir", default="/data/landing", help="directory the replayer or plant drops files into")
+    p.add_argument("--file-format", choices=["csv", "json", "parquet"], default="csv", help="format of landing files")
+    p.add_argument("--max-files-per-trigger", type=int, default=50, help="landing files per micro-batch at most")
+    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (with --source kafka)")
+    p.add_argument("--topic", default="ics-sensor-data", help="Kafka topic (with --source kafka)")
+    p.add_argument("--checkpoint", default="/data/checkpoints/inference",
+                   help="Spark checkpoint; tidewatch keeps its carried tails and batch bookkeeping beside it")
+    p.add_argument("--results", default="/data/results", help="results sink (Parquet, partitioned by date)")
+    p.add_argument("--quarantine", default="/data/quarantine", help="quarantine sink for rejected rows (Parquet)")
+    p.add_argument("--model", default="/weights/tidewatch", help="model directory (manifest.json + model.safetensors)")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics endpoint binds to")
+    p.add_argument("--metrics-port", type=int, default=8001, help="metrics port (Prometheus scrapes /metrics)")
+    p.add_argument("--trigger-seconds", type=float, default=10.0, help="micro-batch interval")
+    p.add_argument("--threshold", type=float, default=None, help="override the model's window threshold")
+    p.add_argument("--plant", default=None, help="plant name for rows without a plant column (default: the model's)")
+    p.add_argument("--available-now", action="store_true",
+                   help="process what is in the landing directory now, then stop")
+    p.add_argument("--stop-after-idle", type=float, default=None,
+                   help="stop after this many seconds without new rows (demos and tests)")
+    p.add_argument("--master", default=None, help="Spark master (default: spark-submit's, or local[*])")
+
+
+@dataclass
+class BatchSummary:
+    batch_id: int
+    rows_in: int
+    scored: int
+    warmup: int
+    quarantined: int
+    anomalies: int
+    seconds: float
+
+
+class InferenceJob:
+    def __init__(self, args: argparse.Namespace):
+        import tidewatch
+        from tidewatch.spark.session import get_session
+
+        self.args = args
+        self.spark = get_session("tidewatch-inference", master=args.master)
+        self.state_dir = Path(args.checkpoint) / "tidewatch"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.detector = tidewatch.Detector.load(args.model, device="cpu")
+        self.model_dir = self.detector.resolved_path
+        self.sensors = self.detector.sensors
+        self.plant = args.plant or self.sensors.plant
+        self.registry = tidewatch.MetricsRegistry(self.sensors)
+        self.registry.model_loaded(self.detector.version, self.detector.checksum, self.detector.load_seconds)
+        self.registry.set_threshold(args.threshold if args.threshold is not None else self.detector.threshold)
+        self.server = tidewatch.MetricsServer(self.registry, host=args.metrics_host, port=args.metrics_port)
+        self.last_rows_at = time.monotonic()
+        self.summaries: list[BatchSummary] = []
+        log.info("metrics on http://%s:%d/metrics; model %s", args.metrics_host, self.server.port, self.detector.version)
+
+    # -- model hot reload -------------------------------------------------------------------------
+    def check_model(self) -> None:
+        """Cheap change check each batch; a bad new file is rejected and the current model keeps scoring."""
+        import tidewatch
+
+        try:
+            changed = self.detector.reload_if_changed()
+        except tidewatch.TidewatchError as exc:
+            self.registry.model_load_failed()
+            log.error("new model rejected, still scoring with %s: %s", self.detector.version, exc)
+            return
+        if changed:
+            self.model_dir = self.detector.resolved_path
+            self.registry.model_loaded(self.detector.version, self.detector.checksum, self.detector.load_seconds)
+            self.registry.set_threshold(
+                self.args.threshold if self.args.threshold is not None else self.detector.threshold)
+            log.info("model reloaded: %s", self.detector.version)
+
+    # -- state beside the checkpoint ----------------------------------------------------------------
+    def _committed(self) -> int:
+        f = self.state_dir / "committed.json"
+        return json.loads(f.read_text())["batch_id"] if f.exists() else -1
+
+    def _tail_before(self, batch_id: int):
+        """The tail written by the latest committed batch before `batch_id` (pyarrow Table) or None."""
+        import pyarrow.parquet as pq
+
+        candidates = sorted(
+            (int(p.stem.split("-")[1]), p) for p in self.state_dir.glob("tail-*.parquet")
+        )
+        older = [p for i, p in candidates if i < batch_id]
+        return pq.read_table(older[-1]) if older else None
+
+    def _write_atomic(self, path: Path, write) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    # -- the micro-batch ------------------------------------------------------------------------------
+    def process_batch(self, df, batch_id: int) -> None:
+        from pyspark.sql import functions as F
+        from pyspark.sql import types as T
+
+        from tidewatch.spark import kernel, validate as V
+
+        if batch_id <= self._committed():
+            log.info("batch %d already committed; skipping its replay", batch_id)
+            return
+        started = time.monotonic()
+        self.check_model()
+        spark = self.spark
+        window = self.detector.window
+        sensors = self.sensors.sensors
+
+        checked = V.validate(df, sensors, self.plant)
+        tail = self._tail_before(batch_id)
+        last_seen = None
+        if tail is not None and tail.num_rows:
+            tail_df = spark.createDataFrame(tail)  # from Arrow, no pandas
+            last_seen = tail_df.groupBy(V.PLANT).agg(F.max(V.TIMESTAMP).alias("last_ts"))
+        kept, late_or_dup = V.split_duplicates(checked.valid, last_seen)
+        kept = kept.drop(V.ROW_ID).withColumn("_tw_context", F.lit(False))
+        combined = kept
+        if tail is not None and tail.num_rows:
+            combined = kept.unionByName(tail_df.withColumn("_tw_context", F.lit(True)), allowMissingColumns=True)
+        combined = combined.persist()
+
+        out_schema = kernel.output_schema_with_label(self.detector.output_schema)
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        spark_schema = from_arrow_schema(out_schema)
+        n_parts = int(spark.conf.get("spark.sql.shuffle.partitions"))
+        scored = (
+            combined.repartition(n_parts, V.PLANT)
+            .sortWithinPartitions(V.PLANT, V.TIMESTAMP)
+            .mapInArrow(kernel.make_kernel(self.model_dir, self.args.threshold, out_schema), spark_schema)
+            .persist()
+        )
+        payloads = [r[0] for r in scored.where(F.col("status") == kernel.AGGREGATE_STATUS).select("reason").collect()]
+        results = scored.where(F.col("status").isin(*RESULT_STATUSES))
+        kernel_quarantine = scored.where(F.col("status") == "quarantined").select(
+            V.PLANT, V.TIMESTAMP, "reason", F.lit(None).cast(T.StringType()).alias("raw"))
+
+        self._write_results(results, batch_id)
+        quarantined = checked.quarantined.unionByName(late_or_dup).unionByName(kernel_quarantine)
+        q_counts = {r[0]: r[1] for r in quarantined.groupBy("reason").count().collect()}
+        if q_counts:
+            quarantined.write.mode("overwrite").parquet(str(Path(self.args.quarantine) / f"batch={batch_id}"))
+
+        # The next batch's context: each plant's last W-1 rows that entered windows.
+        from pyspark.sql import Window
+
+        w = Window.partitionBy(V.PLANT).orderBy(F.col(V.TIMESTAMP).desc())
+        new_tail = (
+            combined.withColumn("_rank", F.row_number().over(w))
+            .where(F.col("_rank") < window)
+            .drop("_rank", "_tw_context")
+        )
+        tail_table = new_tail.toArrow()
+        import pyarrow.parquet as pq
+
+        self._write_atomic(self.state_dir / f"tail-{batch_id}.parquet", lambda p: pq.write_table(tail_table, p))
+
+        aggregate = kernel.merge_aggregates(self.sensors, payloads)
+        for reason, count in q_counts.items():
+            aggregate.record_quarantined(reason, count)
+        seconds = time.monotonic() - started
+        self.registry.apply_batch(aggregate, seconds)
+        self.registry.set_carried_rows(tail_table.num_rows)
+        counts = aggregate.counts()
+        self._write_atomic(
+            self.state_dir / "committed.json",
+            lambda p: p.write_text(json.dumps({"batch_id": batch_id, "counts": counts})),
+        )
+        for old in self.state_dir.glob("tail-*.parquet"):
+            if int(old.stem.split("-")[1]) < batch_id - 1:
+                old.unlink(missing_ok=True)
+        combined.unpersist()
+        scored.unpersist()
+        checked.unpersist()
+        rows_in = counts["scored"] + counts["warmup"] + counts["quarantined"]
+        if rows_in:
+            self.last_rows_at = time.monotonic()
+        summary = BatchSummary(batch_id, rows_in, counts["scored"], counts["warmup"], counts["quarantined"],
+                               counts["anomalies"], seconds)
+        self.summaries.append(summary)
+        log.info("batch %d: %d rows in, %d scored, %d warm-up, %d quarantined, %d anomalies, %.2fs",
+                 batch_id, rows_in, summary.scored, summary.warmup, summary.quarantined, summary.anomalies, seconds)
+
+    def _write_results(self, results, batch_id: int) -> None:
+        """Writes a batch's rows under results/date=YYYY-MM-DD/ with the batch id in each file name,
+        replacing whatever an interrupted earlier attempt of the same batch left: a replay never
+        duplicates rows."""
+        from pyspark.sql import functions as F
+
+        root = Path(self.args.results)
+        staging = root / "_staging" / f"batch={batch_id}"
+        (results.withColumn("date", F.to_date("timestamp").cast("string"))
+         .write.mode("overwrite").partitionBy("date").parquet(str(staging)))
+        for old in root.glob(f"date=*/batch-{batch_id}-*.parquet"):
+            old.unlink()
+        for part in sorted(staging.glob("date=*/*.parquet")):
+            target = root / part.parent.name / f"batch-{batch_id}-{part.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.parent.rmdir()  # _staging, when no other batch is in flight
+        except OSError:
+            pass
+
+    # -- the stream -----------------------------------------------------------------------------------
+    def input_stream(self):
+        from pyspark.sql import types as T
+
+        args = self.args
+        spark = self.spark
+        if args.source == "kafka":
+            if not args.bootstrap_servers:
+                raise SystemExit("--source kafka needs --bootstrap-servers")
+            from tidewatch.spark.kafka import kafka_stream
+
+            return kafka_stream(spark, args.bootstrap_servers, args.topic, self.sensors.sensors, self.plant)
+        Path(args.landing_dir).mkdir(parents=True, exist_ok=True)
+        reader = spark.readStream.option("maxFilesPerTrigger", args.max_files_per_trigger)
+        if args.file_format == "parquet":
+            # Parquet files carry their own types; the first file fixes the schema.
+            import pyarrow.parquet as pq
+
+            files = sorted(Path(args.landing_dir).glob("*.parquet"))
+            if not files:
+                raise SystemExit(f"no Parquet files in {args.landing_dir} to take the schema from")
+            from pyspark.sql.pandas.types import from_arrow_schema
+
+            return reader.schema(from_arrow_schema(pq.read_schema(files[0]))).parquet(args.landing_dir)
+        # Text sources are read as strings so that bad values are quarantined with a reason, not nulled.
+        names = ["plant", "timestamp", *self.sensors.sensors, "label"]
+        schema = T.StructType([T.StructField(n, T.StringType(), True) for n in names])
+        if args.file_format == "csv":
+            return reader.schema(schema).option("header", "true").option("mode", "PERMISSIVE").csv(args.landing_dir)
+        return reader.schema(schema).option("mode", "PERMISSIVE").json(args.landing_dir)
+
+    def run(self) -> list[BatchSummary]:
+        args = self.args
+        writer = (
+            self.input_stream()
+            .writeStream.foreachBatch(self.process_batch)
+            .option("checkpointLocation", str(Path(args.checkpoint) / "spark"))
+        )
+        writer = writer.trigger(availableNow=True) if args.available_now else writer.trigger(
+            processingTime=f"{args.trigger_seconds} seconds")
+        query = writer.start()
+        try:
+            while query.isActive:
+                query.awaitTermination(1.0)
+                if args.stop_after_idle is not None and time.monotonic() - self.last_rows_at > args.stop_after_idle:
+                    log.info("no new rows for %.0fs: stopping", args.stop_after_idle)
+                    query.stop()
+            if query.exception() is not None:
+                raise RuntimeError(f"streaming query failed: {query.exception()}")
+        finally:
+            if query.isActive:
+                query.stop()
+        return self.summaries
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("TIDEWATCH_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(prog="inference.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    job = InferenceJob(args)
+    try:
+        job.run()
+    finally:
+        job.close()
+    return 0
