@@ -410,3 +410,23 @@ def test_legacy_files_that_are_not_plain_equivalent_state_dicts_are_refused(tmp_
     with pytest.raises(ModelError, match="mapping="):
         tidewatch.import_legacy(renamed, normal, dict(window=16), sensors=TOY)
     assert tidewatch.import_legacy(renamed, normal, dict(window=16), sensors=TOY, mapping={"rnn1": "encoder"}).version
+
+
+def test_score_records_the_partition_aggregate(saved):
+    from tidewatch._native import BatchAggregate
+
+    det = Detector.load(saved, device="cpu")
+    values = plant_values(300, 9)
+    values[200:260, 4] += 0.6
+    values[50, 0] = np.nan
+    agg = BatchAggregate(det.sensors)
+    out = det.score(batch(values), aggregate=agg)
+    counts = agg.counts()
+    flags = out.column("flag").to_pylist()
+    assert counts["scored"] == det.last_counts["rows_scored"]
+    assert counts["windows"] == det.last_counts["windows_scored"]
+    assert counts["warmup"] == 15 and agg.quarantined_by_reason == {"nan:LIT": 1}
+    assert counts["anomalies"] == sum(bool(f) for f in flags) > 0
+    assert agg.anomalies_by_sensor["AIT"] > 0
+    with pytest.raises(tidewatch.TidewatchError):
+        det.score(batch(values), aggregate=BatchAggregate(SensorSet.swat()))

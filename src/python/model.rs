@@ -14,7 +14,9 @@ use pyo3_arrow::{PyRecordBatch, PySchema, PyTable};
 use tch::Tensor;
 
 use super::kernels::{PyScaler, PySensorSet};
+use super::metrics::PyBatchAggregate;
 use super::to_py;
+use crate::metrics::BatchAggregate;
 use crate::model::{self, Detector, ModelArtifact, ModelConfig};
 use crate::Error;
 
@@ -317,13 +319,21 @@ impl PyDetector {
 
     /// Scores a pyarrow RecordBatch (or any object with `__arrow_c_array__`) and returns a RecordBatch
     /// with the schema `output_schema`, one row per input row not flagged `_tw_context`. A Table (or any
-    /// `__arrow_c_stream__`) is scored batch after batch, in order, and gives a Table.
-    fn score<'py>(&self, py: Python<'py>, batch: AnyRecordBatch) -> PyResult<Bound<'py, PyAny>> {
+    /// `__arrow_c_stream__`) is scored batch after batch, in order, and gives a Table. With `aggregate`
+    /// (a BatchAggregate of the same sensors), every output row and the windows run are recorded in it.
+    #[pyo3(signature = (batch, aggregate = None))]
+    fn score<'py>(
+        &self,
+        py: Python<'py>,
+        batch: AnyRecordBatch,
+        mut aggregate: Option<PyRefMut<'py, PyBatchAggregate>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let inner = &self.inner;
+        let mut agg: Option<&mut BatchAggregate> = aggregate.as_deref_mut().map(|a| &mut a.0);
         match batch {
             AnyRecordBatch::RecordBatch(b) => {
                 let b = b.into_inner();
-                let outcome = py.detach(|| lock(inner).score(&b)).map_err(to_py)?;
+                let outcome = py.detach(|| lock(inner).score_into(&b, agg)).map_err(to_py)?;
                 let out = outcome.batch.clone();
                 *lock(&self.last) = Some(outcome);
                 PyRecordBatch::new(out).into_pyarrow(py)
@@ -337,7 +347,7 @@ impl PyDetector {
                         let mut total: Option<model::ScoreOutcome> = None;
                         for b in reader {
                             let b = b.map_err(|e| Error::Input(format!("reading the input stream: {e}")))?;
-                            let o = det.score(&b)?;
+                            let o = det.score_into(&b, agg.as_deref_mut())?;
                             outs.push(o.batch.clone());
                             total = Some(match total {
                                 None => o,
