@@ -24,7 +24,9 @@ RESULT_STATUSES = ("scored", "warmup")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=["files", "kafka"], default="files", help="where readings come from")
     p.add_argument("--landing-dir", default="/data/landing", help="directory the replayer or plant drops files into")
-    p.add_argument("--file-format", choices=["csv", "json", "parquet"], default="csv", help="format of landing files")
+    p.add_argument("--file-format", choices=["jsonl", "json", "csv", "parquet"], default="jsonl",
+                   help="format of landing files: JSON lines (fields by name; the replayer's default), CSV (header "
+                        "and columns in canonical order: plant, timestamp, sensors, label), or Parquet")
     p.add_argument("--max-files-per-trigger", type=int, default=50, help="landing files per micro-batch at most")
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (with --source kafka)")
     p.add_argument("--topic", default="ics-sensor-data", help="Kafka topic (with --source kafka)")
@@ -66,7 +68,7 @@ class InferenceJob:
         self.state_dir = Path(args.checkpoint) / "tidewatch"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.detector = tidewatch.Detector.load(args.model, device="cpu")
-        self.model_dir = self.detector.resolved_path
+        self.model_dir = self._snapshot()
         self.sensors = self.detector.sensors
         self.plant = args.plant or self.sensors.plant
         self.registry = tidewatch.MetricsRegistry(self.sensors)
@@ -89,11 +91,33 @@ class InferenceJob:
             log.error("new model rejected, still scoring with %s: %s", self.detector.version, exc)
             return
         if changed:
-            self.model_dir = self.detector.resolved_path
+            try:
+                self.model_dir = self._snapshot()
+            except tidewatch.TidewatchError as exc:
+                self.registry.model_load_failed()
+                log.error("new model %s changed while being copied, keeping %s: %s",
+                          self.detector.version, self.model_dir, exc)
+                return
             self.registry.model_loaded(self.detector.version, self.detector.checksum, self.detector.load_seconds)
             self.registry.set_threshold(
                 self.args.threshold if self.args.threshold is not None else self.detector.threshold)
             log.info("model reloaded: %s", self.detector.version)
+
+    def _snapshot(self) -> str:
+        """A private, verified copy of the current model beside the checkpoint, which the executors load.
+        Published model directories can still be changed or damaged by hand; a worker that starts later
+        must get exactly the model the driver checked, never a file swapped underneath it."""
+        import tidewatch
+
+        target = self.state_dir / "models" / self.detector.version
+        if not (target / "manifest.json").exists():
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.detector.resolved_path or self.detector.path, tmp)
+            tidewatch.Detector.load(tmp, device="cpu")  # checks sizes and sha256 of the copy
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        return str(target)
 
     # -- state beside the checkpoint ----------------------------------------------------------------
     def _committed(self) -> int:
@@ -259,6 +283,8 @@ class InferenceJob:
         schema = T.StructType([T.StructField(n, T.StringType(), True) for n in names])
         if args.file_format == "csv":
             return reader.schema(schema).option("header", "true").option("mode", "PERMISSIVE").csv(args.landing_dir)
+        # JSON fields are matched by name: a missing field is null (quarantined as missing:NAME), an extra
+        # one is ignored, and a number read into a string column keeps its text for validation to parse.
         return reader.schema(schema).option("mode", "PERMISSIVE").json(args.landing_dir)
 
     def run(self) -> list[BatchSummary]:
