@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod model;
 pub mod scaler;
 pub mod sensors;
+pub mod simulator;
 pub mod windows;
 
 pub use error::{Error, Result};
