@@ -8,6 +8,7 @@ use crate::Error;
 mod kernels;
 mod metrics;
 mod model;
+mod simulator;
 
 create_exception!(_native, TidewatchError, PyException, "Base class of every tidewatch error.");
 create_exception!(_native, SchemaError, TidewatchError, "The input's columns are missing, extra or of the wrong type.");
@@ -47,5 +48,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kernels::register(m)?;
     metrics::register(m)?;
     model::register(m)?;
+    simulator::register(m)?;
     Ok(())
 }
