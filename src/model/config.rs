@@ -61,8 +61,8 @@ pub struct ModelConfig {
     pub device: String,
     /// libtorch intra-op threads; unset: `TIDEWATCH_THREADS`, then `OMP_NUM_THREADS`, then libtorch's default.
     pub threads: Option<usize>,
-    /// Windows per forward pass when scoring; unset: 4096 on CPU (fits in cache-friendly chunks of a
-    /// few MB), 32768 on CUDA (enough to fill the device).
+    /// Windows per forward pass when scoring; unset: 512 on CPU (the LSTM's per-step work stays in
+    /// cache: measured 1.5-2x faster than 4096 at SWaT width), 32768 on CUDA (enough to fill the device).
     pub score_batch_size: Option<usize>,
     /// What a window's score is. `mean`: the mean squared reconstruction error over its W×F values
     /// (the scoring contract's default). `sensor_max`: the largest per-sensor error divided by that
@@ -215,7 +215,7 @@ impl ModelConfig {
 
     /// Scoring mini-batch size for a device.
     pub fn score_batch_for(&self, device: tch::Device) -> usize {
-        self.score_batch_size.unwrap_or(if device.is_cuda() { 32768 } else { 4096 })
+        self.score_batch_size.unwrap_or(if device.is_cuda() { 32768 } else { 512 })
     }
 }
 

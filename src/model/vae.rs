@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module, RNN};
+use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::ModelConfig;
@@ -85,12 +85,41 @@ pub struct Forward {
     pub logvar: Tensor,
 }
 
+/// An LSTM's parameters in libtorch's flat order (per layer: w_ih, w_hh, b_ih, b_hh), run through
+/// `at::lstm` directly so each call says whether it is training: libtorch's CPU (oneDNN) kernel keeps a
+/// workspace for the backward pass only when asked, which costs inference about a third of its speed
+/// (tch's `nn::LSTM` fixes the flag at construction).
+struct Lstm {
+    weights: Vec<Tensor>,
+    layers: i64,
+    hidden: i64,
+}
+
+impl Lstm {
+    fn from_store(vs: &nn::VarStore, prefix: &str, layers: usize, hidden: usize) -> Self {
+        let vars = vs.variables();
+        let weights = (0..layers)
+            .flat_map(|l| ["weight_ih", "weight_hh", "bias_ih", "bias_hh"].map(|w| format!("{prefix}.{w}_l{l}")))
+            .map(|name| vars[&name].shallow_clone())
+            .collect();
+        Lstm { weights, layers: layers as i64, hidden: hidden as i64 }
+    }
+
+    /// Runs x [B, T, in] (batch first) from a zero state; returns (outputs [B, T, H], h_n [L, B, H]).
+    fn run(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let zeros = Tensor::zeros([self.layers, x.size()[0], self.hidden], (x.kind(), x.device()));
+        let weights: Vec<&Tensor> = self.weights.iter().collect();
+        let (out, h, _c) = x.lstm(&[&zeros, &zeros], &weights, true, self.layers, 0.0, train, false, true);
+        (out, h)
+    }
+}
+
 pub struct LstmVae {
     vs: nn::VarStore,
-    encoder: nn::LSTM,
+    encoder: Lstm,
     fc_mu: nn::Linear,
     fc_logvar: nn::Linear,
-    decoder: nn::LSTM,
+    decoder: Lstm,
     output: nn::Linear,
     arch: Architecture,
 }
@@ -138,11 +167,14 @@ impl LstmVae {
         };
         let lin = nn::LinearConfig { ws_init: zero, bs_init: Some(zero), bias: true };
         let (f, h, z) = (arch.n_features as i64, arch.hidden_size as i64, arch.latent_size as i64);
-        let encoder = nn::lstm(&root / "encoder", f, h, rnn);
+        // nn::lstm creates the LSTM parameters under PyTorch's names; they are then run directly.
+        let _ = nn::lstm(&root / "encoder", f, h, rnn);
         let fc_mu = nn::linear(&root / "fc_mu", h, z, lin);
         let fc_logvar = nn::linear(&root / "fc_logvar", h, z, lin);
-        let decoder = nn::lstm(&root / "decoder", z, h, rnn);
+        let _ = nn::lstm(&root / "decoder", z, h, rnn);
         let output = nn::linear(&root / "output", h, f, lin);
+        let encoder = Lstm::from_store(&vs, "encoder", arch.layers, arch.hidden_size);
+        let decoder = Lstm::from_store(&vs, "decoder", arch.layers, arch.hidden_size);
         let vae = LstmVae { vs, encoder, fc_mu, fc_logvar, decoder, output, arch };
         debug_assert_eq!(vae.vs.len(), arch.parameter_shapes().len());
         Ok(vae)
@@ -167,8 +199,9 @@ impl LstmVae {
     /// Runs the network on x [B, W, F]. `noise` [B, Z] (standard normal) draws z = μ + σ·ε;
     /// without it z = μ, the deterministic reconstruction used for scoring.
     pub fn forward(&self, x: &Tensor, noise: Option<&Tensor>) -> Forward {
-        let (_, state) = self.encoder.seq(x);
-        let last = state.h().select(0, -1); // top layer's final hidden state [B, H]
+        let train = noise.is_some();
+        let (_, h) = self.encoder.run(x, train);
+        let last = h.select(0, -1); // top layer's final hidden state [B, H]
         let mu = self.fc_mu.forward(&last);
         let logvar = self.fc_logvar.forward(&last);
         let z = match noise {
@@ -177,7 +210,7 @@ impl LstmVae {
         };
         let size = x.size();
         let repeated = z.unsqueeze(1).expand([size[0], size[1], self.arch.latent_size as i64], false);
-        let (decoded, _) = self.decoder.seq(&repeated);
+        let (decoded, _) = self.decoder.run(&repeated, train);
         Forward { reconstruction: self.output.forward(&decoded), mu, logvar }
     }
 

@@ -404,7 +404,7 @@ impl PyDetector {
         lock(&self.inner).set_threshold(threshold).map_err(to_py)
     }
 
-    /// Windows per forward pass (default: 4096 on CPU, 32768 on CUDA, or the model's score_batch_size).
+    /// Windows per forward pass (default: 512 on CPU, 32768 on CUDA, or the model's score_batch_size).
     fn set_batch_size(&self, windows: usize) -> PyResult<()> {
         lock(&self.inner).set_batch_size(windows).map_err(to_py)
     }
