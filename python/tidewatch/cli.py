@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "evaluate",
     "convert",
     "replay",
+    "simulate",
 )
 
 
