@@ -24,6 +24,7 @@ from tidewatch.simulator import (
     simulated_attack_ids,
     simulation_settings,
     swat_csv_header,
+    SwatCsvStream,
     write_parquet,
     write_swat_csv,
 )
@@ -317,6 +318,15 @@ def test_swat_csv_has_the_official_quirks_and_reads_back(tmp_path: Path) -> None
     for name in ["timestamp", *SENSORS, "label"]:
         assert back[name].equals(table[name]), name
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_swat_csv_written_in_chunks_is_the_same_file(tmp_path: Path) -> None:
+    table = simulate(4 * 3600, seed=5, attacks=[2, 34])
+    whole = write_swat_csv(table, tmp_path / "whole.csv")
+    with SwatCsvStream(tmp_path / "chunks.csv") as stream:
+        for batch in table.to_batches(max_chunksize=97):  # attacks cross chunk boundaries
+            stream.write(batch)
+    assert (tmp_path / "chunks.csv").read_bytes() == whole.read_bytes()
 
 
 def test_swat_csv_refuses_tables_without_swat_columns(tmp_path: Path) -> None:
