@@ -304,6 +304,23 @@ def test_only_metrics_and_health_are_served_read_only(served):
     assert scrape(f"{base}/metrics", "HEAD")[0] == 200
 
 
+def test_keep_alive_scrapes_are_not_held_by_nagle(served):
+    """Prometheus keeps its connection open; with Nagle on, each scrape waited ~40 ms for a delayed ACK."""
+    import http.client
+
+    _, server = served
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200 and len(response.read()) > 10_000
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    assert sorted(times)[10] < 0.02, f"median keep-alive scrape {sorted(times)[10] * 1e3:.1f} ms"
+
+
 def test_port_in_use_is_a_clear_error(served, swat):
     _, server = served
     with pytest.raises(tidewatch.ConfigError, match=rf"^metrics port {server.port} on 127.0.0.1 is already in use$"):

@@ -19,6 +19,7 @@
 //! Consistency: one batch's updates are applied under a write lock and a scrape gathers under a read
 //! lock, so a scrape never sees half a batch; both hold it for microseconds.
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::core::{Collector, Desc};
@@ -146,6 +147,10 @@ pub struct MetricsRegistry {
     sensors: SensorSet,
     registry: Registry,
     state: RwLock<State>,
+    /// Bumped under the write lock by every change; a scrape with nothing new reuses the last text
+    /// (between batches a scrape storm costs a copy, not a render).
+    generation: AtomicU64,
+    rendered: Mutex<Option<(u64, String)>>,
     // contract metrics
     anomalous_sensor_event: Vec<Gauge>,
     reconstruction_error: Arc<ErrorHistogram>,
@@ -269,6 +274,8 @@ impl MetricsRegistry {
             sensors: sensors.clone(),
             registry,
             state: RwLock::new(State { reasons: HashSet::new(), model_info: None, latest_event_time_s: None }),
+            generation: AtomicU64::new(0),
+            rendered: Mutex::new(None),
             anomalous_sensor_event,
             reconstruction_error,
             anomalies_in_batch,
@@ -301,7 +308,7 @@ impl MetricsRegistry {
         if !(batch_seconds.is_finite() && batch_seconds >= 0.0) {
             return Err(Error::Input(format!("batch duration must be a finite number of seconds >= 0, got {batch_seconds}")));
         }
-        let mut state = write(&self.state);
+        let mut state = self.change();
 
         self.batches_processed.inc();
         self.batch_seconds.observe(batch_seconds);
@@ -342,7 +349,7 @@ impl MetricsRegistry {
     /// A model was loaded (at start or on hot reload): counts it, records its load time, and makes
     /// `ae_model_info{version,checksum}` 1 for it alone.
     pub fn model_loaded(&self, version: &str, checksum: &str, load_seconds: f64) {
-        let mut state = write(&self.state);
+        let mut state = self.change();
         self.model_reloads.inc();
         self.model_load_duration.set(load_seconds);
         let current = (version.to_string(), checksum.to_string());
@@ -358,29 +365,47 @@ impl MetricsRegistry {
 
     /// A new model file was rejected; the current model keeps scoring.
     pub fn model_load_failed(&self) {
-        let _state = write(&self.state);
+        let _state = self.change();
         self.model_load_failures.inc();
     }
 
     pub fn set_carried_rows(&self, rows: u64) {
-        let _state = write(&self.state);
+        let _state = self.change();
         self.rows_carried.set(saturating_i64(rows));
     }
 
     pub fn set_threshold(&self, threshold: f64) {
-        let _state = write(&self.state);
+        let _state = self.change();
         self.threshold.set(threshold);
+    }
+
+    /// The write lock, for a change: scrapes wait for it to finish, and the next one renders anew.
+    fn change(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        let state = write(&self.state);
+        self.generation.fetch_add(1, Ordering::Release);
+        state
     }
 
     /// The text exposition format 0.0.4 of every metric.
     pub fn render(&self) -> String {
-        let families = {
+        let (generation, families) = {
             let _state = read(&self.state);
-            self.registry.gather()
+            let generation = self.generation.load(Ordering::Acquire);
+            if let Some((g, text)) = &*lock(&self.rendered) {
+                if *g == generation {
+                    return text.clone();
+                }
+            }
+            (generation, self.registry.gather())
         };
-        TextEncoder::new()
+        let text = TextEncoder::new()
             .encode_to_string(&families)
-            .expect("every family has metrics and a valid name (gather drops empty ones)")
+            .expect("every family has metrics and a valid name (gather drops empty ones)");
+        let mut cached = lock(&self.rendered);
+        if cached.as_ref().is_none_or(|(g, _)| *g < generation) {
+            *cached = Some((generation, text.clone()));
+        }
+        text
     }
 }
 
@@ -548,6 +573,31 @@ mod tests {
         assert_eq!(m["ae_reconstruction_error_bucket{sensor=\"b\",le=\"5\"}"], 2.0);
         // an older event time does not move the latest one back
         assert_eq!(m["ae_last_event_timestamp_seconds"], 102.0);
+    }
+
+    #[test]
+    fn a_scrape_with_nothing_new_reuses_the_text_and_every_change_renders_anew() {
+        let s = rig();
+        let reg = MetricsRegistry::new(&s).unwrap();
+        let first = reg.render();
+        assert_eq!(reg.render(), first);
+        assert_eq!(reg.generation.load(Ordering::Relaxed), 0);
+        let changes: [&dyn Fn(&MetricsRegistry); 5] = [
+            &|r| r.set_threshold(0.5),
+            &|r| r.set_carried_rows(7),
+            &|r| r.model_loaded("v", "c", 1.0),
+            &|r| r.model_load_failed(),
+            &|r| r.apply_batch(&BatchAggregate::new(&rig()), 0.1).unwrap(),
+        ];
+        let mut previous = first;
+        for (i, change) in changes.iter().enumerate() {
+            change(&reg);
+            let text = reg.render();
+            assert_ne!(text, previous, "change {i} not rendered");
+            assert_eq!(reg.render(), text);
+            previous = text;
+        }
+        assert!(previous.contains("ae_threshold 0.5\n") && previous.contains("ae_batches_processed_total 1\n"));
     }
 
     #[test]
