@@ -187,9 +187,11 @@ class InferenceJob:
             V.PLANT, V.TIMESTAMP, "reason", F.lit(None).cast(T.StringType()).alias("raw"))
 
         self._write_results(results, batch_id)
-        quarantined = checked.quarantined.unionByName(late_or_dup).unionByName(kernel_quarantine)
-        q_counts = {r[0]: r[1] for r in quarantined.groupBy("reason").count().collect()}
-        if q_counts:
+        rejected = checked.quarantined.unionByName(late_or_dup)
+        # Rows the kernel quarantined are already in the partitions' aggregates; count only these here.
+        q_counts = {r[0]: r[1] for r in rejected.groupBy("reason").count().collect()}
+        quarantined = rejected.unionByName(kernel_quarantine)
+        if q_counts or payloads:
             quarantined.write.mode("overwrite").parquet(str(Path(self.args.quarantine) / f"batch={batch_id}"))
 
         # The next batch's context: each plant's last W-1 rows that entered windows.

@@ -10,6 +10,9 @@ def local_defaults() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # libtorch's OpenMP threads spin while idle by default; locally they share cores with Spark's JVM
+    # and the driver, and spinning made scoring several times slower on a 2-core machine.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def get_session(app_name: str, master: str | None = None, executor_threads: int | None = None, **conf: str):
