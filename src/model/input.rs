@@ -43,9 +43,7 @@ pub fn timestamp_column(batch: &RecordBatch) -> Result<Option<PrimitiveArray<Tim
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
             col.as_primitive::<TimestampMillisecondType>().unary(|v| v.saturating_mul(1_000))
         }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            col.as_primitive::<TimestampMicrosecondType>().unary(|v| v)
-        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => col.as_primitive::<TimestampMicrosecondType>().clone(),
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
             col.as_primitive::<TimestampNanosecondType>().unary(|v| v.div_euclid(1_000))
         }
