@@ -12,12 +12,11 @@ TIDEWATCH_SOAK=1 runs the corpus five times larger (TIDEWATCH_CORPUS_SCALE and T
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +243,9 @@ def test_text_corpus_covers_every_kind(corpus: Corpus) -> None:
     assert kinds == set(TEXT_KINDS)
     assert sum(1 for c in corpus.text if c.lenient) >= 100
     assert sum(1 for c in corpus.text if c.error) >= 80
+    used = {c.known_bug for group in (corpus.text, corpus.parquet, corpus.arrow, corpus.kafka, corpus.landing)
+            for c in group if c.known_bug}
+    assert used == set(KNOWN_BUGS), "every known bug has cases, and every case's bug is listed"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -565,8 +567,7 @@ def test_kafka_messages(corpus: Corpus, spark: Any) -> None:
 
 @spark_only
 @pytest.mark.integration
-@pytest.mark.parametrize("bug", [known("spark-raw-lost"), known("spark-java-numbers"), known("spark-lenient-time"),
-                                 known("spark-swat-clock")])
+@pytest.mark.parametrize("bug", [known("spark-raw-lost")])
 def test_kafka_messages_known_bugs(corpus: Corpus, spark: Any, bug: str) -> None:
     cases = [c for c in corpus.kafka if c.known_bug == bug]
     assert cases

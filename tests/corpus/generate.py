@@ -64,13 +64,6 @@ KNOWN_BUGS = {
                          "is accepted unlabelled",
     "spark-raw-lost": "Kafka/JSON lines that are not a JSON object are quarantined as 'missing:timestamp' (or "
                       "'missing:plant') with raw='{\"plant\":...}': the message text is lost from the quarantine",
-    "spark-java-numbers": "spark.validate: Java number syntax is accepted ('1d', '2f', '0x1p3' become 1, 2, 8); "
-                          "the file readers reject them as malformed",
-    "spark-swat-clock": "spark.validate reads the operators' SWaT clock ('28/12/2015 10:00:00 AM', Singapore time, "
-                        "as kafka_messages(time_style='swat') writes it) as UTC: every time comes out 8 hours late",
-    "spark-lenient-time": "spark.validate: partial or absurd timestamps are accepted ('2015' -> 2015-01-01, "
-                          "'10:00:00' -> today 10:00, '12345' -> year 12345); a far-future one then makes every "
-                          "later row of its plant out of order",
 }
 
 
@@ -1419,13 +1412,13 @@ def generate_kafka_cases(rng: random.Random, default_plant: str = "swat", scale:
             def lenient_time(m: dict[str, Any], e: SparkExpect, _: str, text: str = text) -> None:
                 m["Timestamp"] = text
                 e.outcome, e.time_us, e.values = "malformed:timestamp", None, None
-            one("time_partial", lenient_time, "spark-lenient-time")
+            one("time_partial", lenient_time)
         for text in SPARK_JAVA_NUMBERS:
             def java(m: dict[str, Any], e: SparkExpect, _: str, text: str = text) -> None:
                 s = rng.choice(sensors)
                 m[s] = text
                 e.outcome, e.time_us, e.values = f"malformed:{s}", None, None
-            one("java_number", java, "spark-java-numbers")
+            one("java_number", java)
         for label, ok in (("A ttack", True), ("ATTACK", True), ("normal", True), ("", True), ("Attak", True),
                           ("1.0", True)):
             def label_text(m: dict[str, Any], e: SparkExpect, _: str, label: str = label) -> None:
@@ -1435,7 +1428,7 @@ def generate_kafka_cases(rng: random.Random, default_plant: str = "swat", scale:
         def swat_clock(m: dict[str, Any], e: SparkExpect, _: str) -> None:
             local = EPOCH + dt.timedelta(microseconds=e.time_us) + SINGAPORE  # type: ignore[operator]
             m["Timestamp"] = swat_time(local).strip()  # the operators' format: SWaT's local clock
-        one("swat_clock", swat_clock, "spark-swat-clock")
+        one("swat_clock", swat_clock)
 
         def single_quotes(m: dict[str, Any], e: SparkExpect, _: str) -> bytes:
             # Spark's JSON reader accepts single quotes: this parses, and lacks every sensor.

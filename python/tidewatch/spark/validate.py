@@ -14,9 +14,15 @@ LABEL = "label"
 REASON = "reason"
 ROW_ID = "_tw_row"
 
-# Timestamp spellings accepted from text sources: ISO 8601 (the replayer, Parquet-to-JSON), and the
-# SWaT exports' day-first 12-hour clock (operators' Kafka messages carry it as is).
-_TEXT_TIME_FORMATS = (None, "dd/MM/yyyy h:mm:ss a", "d/M/yyyy h:mm:ss a", "yyyy-MM-dd HH:mm:ss")
+# Text that may be read as a number: decimal notation only (Spark's cast would also take Java forms such
+# as '1d' or '0x1p3', which no plant writes and the file readers reject).
+_NUMBER = r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?$"
+_SPECIAL_NUMBER = r"(?i)^[+-]?(nan|inf|infinity)$"
+# Timestamps from text sources: ISO 8601 (the replayer; UTC unless an offset is given), and the SWaT
+# exports' day-first 12-hour clock, which is plant-local time (operators' Kafka messages carry it as is).
+# Anything else is malformed: Spark alone would read '2015' or '10:00:00' as some time.
+_ISO_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?$"
+_SWAT_TIME = r"^[0-9]{1,2}/[0-9]{1,2}/[0-9]{4} [0-9]{1,2}:[0-9]{2}:[0-9]{2} [AP]M$"
 
 
 @dataclass
@@ -29,17 +35,13 @@ class Validated:
         self.cached.unpersist()
 
 
-def _parse_timestamp(col: Column, dtype: T.DataType) -> Column:
-    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
-        return col.cast(T.TimestampType())
-    if isinstance(dtype, T.DateType):
+def _parse_timestamp(col: Column, dtype: T.DataType, source_timezone: str) -> Column:
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
         return col.cast(T.TimestampType())
     text = F.trim(col.cast(T.StringType()))
-    tries = [
-        F.try_to_timestamp(text) if fmt is None else F.try_to_timestamp(text, F.lit(fmt))
-        for fmt in _TEXT_TIME_FORMATS
-    ]
-    return F.coalesce(*tries)
+    iso = F.when(text.rlike(_ISO_TIME), F.try_to_timestamp(text))
+    swat_local = F.when(text.rlike(_SWAT_TIME), F.try_to_timestamp(text, F.lit("d/M/yyyy h:mm:ss a")))
+    return F.coalesce(iso, F.to_utc_timestamp(swat_local, source_timezone))
 
 
 def _parse_number(col: Column, dtype: T.DataType) -> tuple[Column, Column]:
@@ -48,10 +50,12 @@ def _parse_number(col: Column, dtype: T.DataType) -> tuple[Column, Column]:
         return col.cast(T.DoubleType()), col.isNotNull()
     text = F.trim(col.cast(T.StringType()))
     present = text.isNotNull() & (text != F.lit(""))
-    return F.when(present, text.try_cast(T.DoubleType())), present
+    numeric = text.rlike(_NUMBER) | text.rlike(_SPECIAL_NUMBER)
+    return F.when(present & numeric, text.try_cast(T.DoubleType())), present
 
 
-def validate(df: DataFrame, sensors: list[str], default_plant: str) -> Validated:
+def validate(df: DataFrame, sensors: list[str], default_plant: str,
+             source_timezone: str = "Asia/Singapore") -> Validated:
     """Types and checks `df` (any mix of string and typed columns). Extra columns are ignored; a missing
     sensor column makes every row quarantined as `missing_column:NAME`."""
     fields = {f.name: f.dataType for f in df.schema.fields}
@@ -63,7 +67,7 @@ def validate(df: DataFrame, sensors: list[str], default_plant: str) -> Validated
     plant = F.when(F.trim(plant) == "", F.lit(None)).otherwise(F.trim(plant))
     reasons.append(F.when(plant.isNull(), F.lit("missing:plant")))
     if TIMESTAMP in fields:
-        ts = _parse_timestamp(F.col(TIMESTAMP), fields[TIMESTAMP])
+        ts = _parse_timestamp(F.col(TIMESTAMP), fields[TIMESTAMP], source_timezone)
         reasons.append(F.when(F.col(TIMESTAMP).isNull(), F.lit("missing:timestamp")))
         reasons.append(F.when(ts.isNull(), F.lit("malformed:timestamp")))
     else:
