@@ -26,7 +26,7 @@ import pytest
 import yaml
 from corpus.generate import canonical_table
 from corpus.models import train_tiny_swat_model
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import tidewatch
