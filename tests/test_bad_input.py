@@ -394,10 +394,11 @@ def test_arrow_corpus_known_bugs(corpus: Corpus, detector: tidewatch.Detector, b
     fail_with(problems, len(cases) + len(parquet), bug)
 
 
+@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["kernel-huge-values"])
 def test_huge_value_regression(detector: tidewatch.Detector) -> None:
-    """The exact input of the kernel-huge-values report: one row with LIT101=1e39 (finite in float64,
-    infinite in float32) and MV101=1e308, MV101 being large too. Current behaviour is recorded so the
-    report stays reproducible: the windows holding it are 'scored' with a NaN or infinite score."""
+    """The exact input of the kernel-huge-values report: 12 rows of the tiny SWaT model's plant, row 6
+    with LIT101=1e39 (finite in float64, infinite in float32 once scaled), MV101=1e308 and P101=-1e308.
+    Each row must be quarantined, or scored with a score that is a number and flagged if infinite."""
     from corpus.generate import canonical_table
 
     table = canonical_table(12, np.random.default_rng(3))
@@ -407,9 +408,9 @@ def test_huge_value_regression(detector: tidewatch.Detector) -> None:
         table = table.set_column(table.schema.get_field_index(column), column, pa.array(values))
     detector.reset_stream()
     out = detector.score(table.combine_chunks().to_batches()[0])
-    rows = out.select(["status", "score", "flag"]).to_pylist()[6: 6 + detector.window]
-    assert all(r["status"] == "scored" for r in rows)
-    assert any(r["score"] is not None and not math.isfinite(r["score"]) for r in rows), rows
+    for row in out.select(["status", "score", "flag"]).to_pylist():
+        if row["status"] == "scored":
+            assert not math.isnan(row["score"]) and (math.isfinite(row["score"]) or row["flag"]), row
 
 
 # ------------------------------------------------------------------------------------------------
