@@ -153,12 +153,43 @@ impl ScalerStats {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ScalerFields")]
 pub struct Scaler {
     pub kind: ScalerKind,
     pub offset: Vec<f64>,
     pub scale: Vec<f64>,
     /// Sensors that were constant in the training data (scaled with unit scale).
     pub constant_columns: Vec<String>,
+}
+
+/// A serialised scaler as it arrives (from a manifest or a user): checked before use.
+#[derive(Deserialize)]
+struct ScalerFields {
+    kind: ScalerKind,
+    offset: Vec<f64>,
+    scale: Vec<f64>,
+    #[serde(default)]
+    constant_columns: Vec<String>,
+}
+
+impl TryFrom<ScalerFields> for Scaler {
+    type Error = Error;
+    fn try_from(f: ScalerFields) -> Result<Self> {
+        if f.offset.len() != f.scale.len() {
+            return Err(Error::Config(format!(
+                "scaler has {} offsets but {} scales",
+                f.offset.len(),
+                f.scale.len()
+            )));
+        }
+        if let Some(j) = f.offset.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Config(format!("scaler offset of column {j} is not finite")));
+        }
+        if let Some(j) = f.scale.iter().position(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(Error::Config(format!("scaler scale of column {j} must be finite and positive")));
+        }
+        Ok(Scaler { kind: f.kind, offset: f.offset, scale: f.scale, constant_columns: f.constant_columns })
+    }
 }
 
 impl Scaler {
@@ -211,6 +242,16 @@ mod tests {
             }
             assert_eq!(a.constant_columns, vec!["s2".to_string()]);
         }
+    }
+
+    #[test]
+    fn deserialised_scalers_are_checked() {
+        let bad = r#"{"kind":"minmax","offset":[0,0],"scale":[1],"constant_columns":[]}"#;
+        assert!(serde_json::from_str::<Scaler>(bad).unwrap_err().to_string().contains("2 offsets but 1 scales"));
+        let zero = r#"{"kind":"minmax","offset":[0],"scale":[0],"constant_columns":[]}"#;
+        assert!(serde_json::from_str::<Scaler>(zero).is_err());
+        let ok = r#"{"kind":"standard","offset":[1.5],"scale":[2],"constant_columns":[]}"#;
+        assert_eq!(serde_json::from_str::<Scaler>(ok).unwrap().apply(3.5, 0), 1.0);
     }
 
     #[test]

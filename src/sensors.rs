@@ -37,6 +37,7 @@ struct PlantFile {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "SensorSetFields")]
 pub struct SensorSet {
     plant: String,
     sensors: Vec<String>,
@@ -44,6 +45,41 @@ pub struct SensorSet {
     stages: Vec<String>,
     /// For each sensor, the index of its stage in `stages`.
     stage_index: Vec<usize>,
+}
+
+/// A serialised sensor set as it arrives (from a manifest, an executor, a user): checked like a new one.
+#[derive(Deserialize)]
+struct SensorSetFields {
+    plant: String,
+    sensors: Vec<String>,
+    stages: Vec<String>,
+    stage_index: Vec<usize>,
+}
+
+impl TryFrom<SensorSetFields> for SensorSet {
+    type Error = Error;
+    fn try_from(f: SensorSetFields) -> Result<Self> {
+        if f.stage_index.len() != f.sensors.len() {
+            return Err(Error::Config(format!(
+                "plant '{}': {} sensors but {} stage indices",
+                f.plant,
+                f.sensors.len(),
+                f.stage_index.len()
+            )));
+        }
+        let mut stages: Vec<(String, Vec<String>)> = f.stages.iter().map(|s| (s.clone(), Vec::new())).collect();
+        for (sensor, &k) in f.sensors.iter().zip(&f.stage_index) {
+            let Some(stage) = stages.get_mut(k) else {
+                return Err(Error::Config(format!(
+                    "plant '{}': sensor '{sensor}' has stage index {k}, but there are {} stages",
+                    f.plant,
+                    f.stages.len()
+                )));
+            };
+            stage.1.push(sensor.clone());
+        }
+        SensorSet::new(&f.plant, f.sensors, stages)
+    }
 }
 
 impl SensorSet {
@@ -176,6 +212,18 @@ mod tests {
         let per_stage: Vec<usize> =
             (0..6).map(|k| (0..51).filter(|&i| s.stage_index(i) == k).count()).collect();
         assert_eq!(per_stage, [5, 11, 9, 9, 13, 4]);
+    }
+
+    #[test]
+    fn deserialising_checks_like_new() {
+        let s = SensorSet::swat();
+        let back: SensorSet = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let bad = r#"{"plant":"x","sensors":["a"],"stages":[],"stage_index":[5]}"#;
+        let err = serde_json::from_str::<SensorSet>(bad).unwrap_err().to_string();
+        assert!(err.contains("stage index 5"), "{err}");
+        let dup = r#"{"plant":"x","sensors":["a","a"],"stages":["s"],"stage_index":[0,0]}"#;
+        assert!(serde_json::from_str::<SensorSet>(dup).is_err());
     }
 
     #[test]

@@ -286,9 +286,6 @@ def sensor_set_json(draw: Any) -> str:
     return json.dumps({"plant": "x", "sensors": sensors, "stages": stages, "stage_index": index})
 
 
-@pytest.mark.xfail(strict=True, reason="SensorSet.from_json deserialises without SensorSet::new's checks: a stage_index "
-                   "out of range or of the wrong length is accepted, and .stages / .stage_of then panic "
-                   "(src/python/kernels.rs from_json, src/sensors.rs)")
 @fuzz(100, shrink=False)
 @given(sensor_set_json())
 def test_sensor_set_from_json_checks_what_it_reads(text: str) -> None:
@@ -299,7 +296,6 @@ def test_sensor_set_from_json_checks_what_it_reads(text: str) -> None:
     check_sensor_set(s)
 
 
-@pytest.mark.xfail(strict=True, reason="the exact input of the SensorSet.from_json report: panics (index out of bounds)")
 def test_sensor_set_from_json_regression() -> None:
     try:
         s = SensorSet.from_json('{"plant":"x","sensors":["a"],"stages":[],"stage_index":[5]}')
@@ -387,9 +383,6 @@ def test_scaler_from_json_never_panics(text: str) -> None:
     assert Scaler.from_json(scaler.to_json()).to_json() == scaler.to_json()
 
 
-@pytest.mark.xfail(strict=True, reason="Scaler.from_json accepts offset and scale of different lengths; transform then "
-                   "panics (src/scaler.rs apply: index out of bounds), e.g. "
-                   '{"kind":"minmax","offset":[0,0],"scale":[1],"constant_columns":[]}')
 @fuzz(50, shrink=False)
 @given(scaler_json(same_length=False))
 def test_scaler_from_json_checks_lengths(text: str) -> None:
@@ -552,9 +545,6 @@ def test_batch_aggregate_from_json_never_panics(real_aggregate: str, data: st.Da
     check_aggregate_text(data.draw(st.one_of(st.text(max_size=100), st.just(real_aggregate).map(mutate_counts))))
 
 
-@pytest.mark.xfail(strict=True, reason="an aggregate's embedded sensor set is deserialised without SensorSet's checks "
-                   "(same cause as SensorSet.from_json): a stage_index out of range or short panics in "
-                   "check_same_sensors / the registry (src/metrics/aggregate.rs, src/metrics/registry.rs)")
 @fuzz(100, shrink=False)
 @given(data=st.data())
 def test_batch_aggregate_with_a_damaged_sensor_set(real_aggregate: str, data: st.DataObject) -> None:
