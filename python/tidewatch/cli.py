@@ -12,6 +12,7 @@ import sys
 
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES = (
+    "demo",
     "evaluate",
     "convert",
     "replay",

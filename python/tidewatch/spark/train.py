@@ -130,9 +130,10 @@ def run(args: argparse.Namespace) -> dict:
     skip_hours = args.skip_startup_hours if args.skip_startup_hours is not None else (
         6.0 if sensors.plant == "swat" else 0.0)
     if skip_hours > 0:
-        first = Window.partitionBy(V.PLANT)
-        normal = normal.where(
-            F.col(V.TIMESTAMP) >= F.min(V.TIMESTAMP).over(first) + F.expr(f"INTERVAL {int(skip_hours * 3600)} SECONDS"))
+        first = F.min(V.TIMESTAMP).over(Window.partitionBy(V.PLANT))
+        normal = (normal.withColumn("_first", first)
+                  .where(F.col(V.TIMESTAMP) >= F.col("_first") + F.expr(f"INTERVAL {int(skip_hours * 3600)} SECONDS"))
+                  .drop("_first"))
     if args.train_start:
         normal = normal.where(F.col(V.TIMESTAMP) >= F.to_timestamp(F.lit(args.train_start)))
     if args.train_end:
