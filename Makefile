@@ -26,6 +26,7 @@ help:
 	@echo "make test   - install everything needed and run all tests (cargo + pytest)"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make build  - build the native extension (release) into the venv"
+	@echo "make validate - check k8s manifests, Prometheus rules and the Grafana dashboard offline"
 
 $(STAMPS):
 	@mkdir -p $(STAMPS)
@@ -61,7 +62,11 @@ test-rust: $(STAMPS)/venv
 test-python: install build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test: test-rust test-python
+test: validate test-rust test-python
+
+# Deployment files checked offline: CRD schemas (strict), promtool, dashboard queries (tools/validate.py).
+validate: install build
+	$(PY) tools/validate.py
 
 demo: install build
 	$(PY) -m tidewatch demo

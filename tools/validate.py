@@ -975,6 +975,21 @@ def check_dashboard(path: Path = DASHBOARD) -> list[Problem]:
                                                                            f"got {query!r}"))
             continue
         variable_exprs.append((f"{where}: variable {var.get('name')}", m.group(1)))
+    # Annotation queries run against Prometheus too.
+    values = variable_values(dashboard)
+    for note in dashboard.get("annotations", {}).get("list", []):
+        if not note.get("expr"):
+            continue
+        note_where = f"{where}: annotation {note.get('name')!r}"
+        if not _datasource_ok(note.get("datasource"), ds_vars):
+            problems.append(Problem(note_where, "datasource must be the variable"))
+        try:
+            variable_exprs.append((note_where, substitute_variables(note["expr"], values)))
+        except KeyError as e:
+            problems.append(Problem(note_where, f"undefined variable ${e.args[0]}"))
+    for var_where, expr in variable_exprs:
+        for metric in unknown_metrics(expr, known):
+            problems.append(Problem(var_where, f"unknown metric {metric!r} (not in the metrics contract)"))
     problems += check_promql([(f"{where}: {q.where}", q.expr) for q in queries] + variable_exprs)
     return problems
 
@@ -1043,7 +1058,8 @@ def validate_all(crd_dir: Path | None = None) -> list[Problem]:
             problems += check()
         except ValidationFailed as e:
             problems += e.problems
-    return problems
+    # A base object is rendered once per overlay that includes it: report each problem once.
+    return list(dict.fromkeys(problems))
 
 
 def main(argv: list[str] | None = None) -> int:
