@@ -1,7 +1,7 @@
 """`tidewatch demo`: the whole loop on embedded defaults, on this machine.
 
-Simulates SWaT-shaped plant data (normal history, then a stretch with attacks), trains the LSTM-VAE on
-the normal history with Spark, replays the attack stretch into a landing directory at N× real time,
+Simulates SWaT-shaped plant data (a history, then a live stretch holding an attack), trains the LSTM-VAE
+on the history with Spark, replays the live stretch into a landing directory at N× real time,
 stream-scores it with the inference job (metrics on :8001), and prints what it found.
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run tidewatch end to end on simulated SWaT-shaped data",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="demo-run", help="where data, model, checkpoints and results go")
-    p.add_argument("--train-hours", type=float, default=3.0, help="hours of normal history to train on")
-    p.add_argument("--test-hours", type=float, default=1.5, help="hours to replay, with attacks")
-    p.add_argument("--attacks", default="1,3,7", help="official attack numbers to play in the replayed stretch")
+    p.add_argument("--train-hours", type=float, default=2.0, help="hours of plant history to train on")
+    p.add_argument("--test-hours", type=float, default=2.0, help="hours that follow, replayed as the live stream")
+    p.add_argument("--attacks", default="1", help="official attack numbers the simulator plays (it places them itself; "
+                                                  "with the defaults attack 1 falls in the live stretch)")
     p.add_argument("--speed", type=float, default=300.0, help="replay speed, times real time")
     p.add_argument("--epochs", type=int, default=8, help="training epochs")
     p.add_argument("--metrics-port", type=int, default=8001)
@@ -42,14 +43,22 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(d)
     (work / "data").mkdir(parents=True, exist_ok=True)
 
-    print(f"[1/4] simulating {args.train_hours:g} h of normal operation and {args.test_hours:g} h with attacks")
-    history = simulator.simulate(int(args.train_hours * 3600), seed=args.seed, attacks="none",
-                                 start="2015-12-22 16:30:00")
+    hours = args.train_hours + args.test_hours
+    print(f"[1/4] simulating {hours:g} h of plant operation with attack(s) {args.attacks}")
     attacks = [int(a) for a in args.attacks.split(",") if a]
-    live = simulator.simulate(int(args.test_hours * 3600), seed=args.seed + 1, attacks=attacks,
-                              start="2015-12-28 10:00:00")
+    plant = simulator.simulate(int(hours * 3600), seed=args.seed, attacks=attacks, start="2015-12-28 07:00:00")
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    split_us = int(np.datetime64("2015-12-28T07:00:00", "us").astype(np.int64)) + int(args.train_hours * 3600e6)
+    split = pa.scalar(split_us, pa.timestamp("us", tz="UTC"))
+    history = plant.filter(pc.less(plant["timestamp"], split))
+    live = plant.filter(pc.greater_equal(plant["timestamp"], split))
     pq.write_table(history, work / "data" / "history.parquet")
     pq.write_table(live, work / "data" / "live.parquet")
+    print(f"      history {history.num_rows} rows (attack rows {pc.sum(history['label']).as_py() or 0}, left out of "
+          f"training), live {live.num_rows} rows (attack rows {pc.sum(live['label']).as_py() or 0})")
 
     print("[2/4] training on the normal history with Spark (local)")
     model_dir = work / "weights" / "tidewatch"
