@@ -443,7 +443,8 @@ def _job_parser(job_file: str) -> argparse.ArgumentParser:
     import importlib
 
     module = importlib.import_module(JOB_MODULES[job_file])
-    parser = argparse.ArgumentParser(prog=job_file, exit_on_error=False, add_help=False)
+    # Manifests spell flags in full: an abbreviation the job accepts today turns ambiguous when a flag is added.
+    parser = argparse.ArgumentParser(prog=job_file, exit_on_error=False, add_help=False, allow_abbrev=False)
     module.add_arguments(parser)
     return parser
 
