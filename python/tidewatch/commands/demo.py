@@ -16,11 +16,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run tidewatch end to end on simulated SWaT-shaped data",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="demo-run", help="where data, model, checkpoints and results go")
-    p.add_argument("--train-hours", type=float, default=2.0, help="hours of plant history to train on")
-    p.add_argument("--test-hours", type=float, default=2.0, help="hours that follow, replayed as the live stream")
+    p.add_argument("--train-hours", type=float, default=5.5, help="hours of plant history to train on")
+    p.add_argument("--test-hours", type=float, default=1.5, help="hours that follow, replayed as the live stream")
     p.add_argument("--attacks", default="1", help="official attack numbers the simulator plays (it places them itself; "
                                                   "with the defaults attack 1 falls in the live stretch)")
-    p.add_argument("--speed", type=float, default=300.0, help="replay speed, times real time")
+    p.add_argument("--speed", type=float, default=200.0, help="replay speed, times real time")
     p.add_argument("--epochs", type=int, default=8, help="training epochs")
     p.add_argument("--metrics-port", type=int, default=8001)
     p.add_argument("--seed", type=int, default=7)
@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(d)
     (work / "data").mkdir(parents=True, exist_ok=True)
 
-    hours = args.train_hours + args.test_hours
+    # The simulator spreads attacks over its run, the first one near the middle: simulate twice the
+    # history so the attack falls just after it, in the live stretch.
+    hours = max(2 * args.train_hours + 1, args.train_hours + args.test_hours)
     print(f"[1/4] simulating {hours:g} h of plant operation with attack(s) {args.attacks}")
     attacks = [int(a) for a in args.attacks.split(",") if a]
     plant = simulator.simulate(int(hours * 3600), seed=args.seed, attacks=attacks, start="2015-12-28 07:00:00")
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     split_us = int(np.datetime64("2015-12-28T07:00:00", "us").astype(np.int64)) + int(args.train_hours * 3600e6)
     split = pa.scalar(split_us, pa.timestamp("us", tz="UTC"))
     history = plant.filter(pc.less(plant["timestamp"], split))
-    live = plant.filter(pc.greater_equal(plant["timestamp"], split))
+    end = pa.scalar(split_us + int(args.test_hours * 3600e6), pa.timestamp("us", tz="UTC"))
+    live = plant.filter(pc.and_(pc.greater_equal(plant["timestamp"], split), pc.less(plant["timestamp"], end)))
     pq.write_table(history, work / "data" / "history.parquet")
     pq.write_table(live, work / "data" / "live.parquet")
     print(f"      history {history.num_rows} rows (attack rows {pc.sum(history['label']).as_py() or 0}, left out of "
@@ -116,6 +119,9 @@ def print_summary(work: Path, summaries, metrics_text: str) -> None:
         stage = line.split('stage="')[1].split('"')[0]
         per_stage[stage] = per_stage.get(stage, 0.0) + float(line.rsplit(" ", 1)[1])
     print("anomalous sensor readings by stage: " + ", ".join(f"{k} {int(v)}" for k, v in sorted(per_stage.items())))
+    if not any((work / "results").glob("date=*/*.parquet")):
+        print("no rows reached the results sink")
+        return
     table = ds.dataset(work / "results", format="parquet", partitioning="hive").to_table(
         columns=["timestamp", "status", "flag", "label"]).sort_by("timestamp")
     import numpy as np

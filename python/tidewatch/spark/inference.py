@@ -76,6 +76,7 @@ class InferenceJob:
         self.registry.set_threshold(args.threshold if args.threshold is not None else self.detector.threshold)
         self.server = tidewatch.MetricsServer(self.registry, host=args.metrics_host, port=args.metrics_port)
         self.last_rows_at = time.monotonic()
+        self.in_batch = False  # the idle stop never interrupts a batch in progress
         self.summaries: list[BatchSummary] = []
         log.info("metrics on http://%s:%d/metrics; model %s", args.metrics_host, self.server.port, self.detector.version)
 
@@ -143,15 +144,22 @@ class InferenceJob:
 
     # -- the micro-batch ------------------------------------------------------------------------------
     def process_batch(self, df, batch_id: int) -> None:
+        if batch_id <= self._committed():
+            log.info("batch %d already committed; skipping its replay", batch_id)
+            return
+        started = time.monotonic()
+        self.in_batch = True
+        try:
+            self._process_batch(df, batch_id, started)
+        finally:
+            self.in_batch = False
+
+    def _process_batch(self, df, batch_id: int, started: float) -> None:
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
         from tidewatch.spark import kernel, validate as V
 
-        if batch_id <= self._committed():
-            log.info("batch %d already committed; skipping its replay", batch_id)
-            return
-        started = time.monotonic()
         self.check_model()
         spark = self.spark
         window = self.detector.window
@@ -302,7 +310,11 @@ class InferenceJob:
         try:
             while query.isActive:
                 query.awaitTermination(1.0)
-                if args.stop_after_idle is not None and time.monotonic() - self.last_rows_at > args.stop_after_idle:
+                idle = time.monotonic() - self.last_rows_at
+                # Idle time counts from the last batch that brought rows, never during a batch, and only
+                # once a first batch ran (Spark's start-up is not idleness).
+                if (args.stop_after_idle is not None and self.summaries and not self.in_batch
+                        and idle > args.stop_after_idle):
                     log.info("no new rows for %.0fs: stopping", args.stop_after_idle)
                     query.stop()
             if query.exception() is not None:
