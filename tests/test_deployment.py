@@ -557,3 +557,65 @@ def test_wheel_installs_into_a_fresh_environment_and_runs_the_jobs(tmp_path: Pat
     assert infer.returncode == 0, infer.stdout[-3000:] + infer.stderr[-3000:]
     scored = ds.dataset(data / "results", format="parquet", partitioning="hive").to_table()
     assert scored.num_rows == live.num_rows
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(os.environ.get("TIDEWATCH_SLOW") != "1", reason="runs Spark and Prometheus: TIDEWATCH_SLOW=1")
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: `make install`")
+def test_every_dashboard_query_returns_data_from_a_live_run(tmp_path: Path):
+    """A real Prometheus, with the alert rules loaded, scrapes a real inference run over a replayed stream
+    holding an attack and bad rows; then every panel query of the dashboard returns series."""
+    import time
+
+    import pyarrow.dataset as ds
+
+    import tidewatch
+    from tests.support.jobs import InferenceProcess
+    from tests.support.prometheus import PrometheusServer, free_port
+    from tidewatch import simulator
+    from tidewatch.replay import replay_to_directory
+
+    normal = simulator.simulate(2 * 3600, seed=11, attacks="none", start="2015-12-27 12:00:00")
+    live = simulator.simulate(2400, seed=12, attacks=[1], start="2015-12-28 10:20:00")
+    model = tidewatch.train(normal, dict(epochs=3, hidden_size=16, latent_size=4, batch_size=64, seed=1,
+                                         train_stride=2, patience=0), progress=None)
+    model.save(tmp_path / "weights" / "tidewatch")
+    landing = tmp_path / "landing"
+    replay_to_directory(live, landing, rows_per_file=150, file_format="jsonl", prefix="a")
+    row = {k: str(v) for k, v in live.slice(0, 1).to_pylist()[0].items() if k != "timestamp"}
+    bad = [dict(row, timestamp="2015-12-28T00:00:01Z", LIT101="12.3.4"),
+           dict(row, timestamp="2015-12-28T00:00:02Z", FIT101="")]
+    (landing / ".bad.tmp").write_text("\n".join(json.dumps(b) for b in bad) + "\n")
+    (landing / ".bad.tmp").rename(landing / "zz-bad.jsonl")
+
+    port = free_port()
+    prom = PrometheusServer(tmp_path / "prometheus", target=f"127.0.0.1:{port}",
+                            rule_files=[str(REPO / "deployment" / "prometheus" / "rules" / "tidewatch.rules.yml")])
+    job = InferenceProcess(tmp_path, tmp_path / "weights" / "tidewatch", port)
+    try:
+        deadline = time.monotonic() + 600
+        seen = 0
+        while seen < live.num_rows + len(bad):
+            assert time.monotonic() < deadline, f"{seen} rows reached the sinks: {job.tail_log()}"
+            time.sleep(2)
+            seen = sum(ds.dataset(tmp_path / sink, format="parquet", partitioning="hive",
+                                  exclude_invalid_files=True).count_rows()
+                       for sink in ("results", "quarantine") if any((tmp_path / sink).rglob("*.parquet")))
+        prom.wait_for("ae_rows_quarantined_total")
+        time.sleep(3)  # a scrape after the last batch
+        empty = []
+        for q in validate.dashboard_queries(overrides={"__rate_interval": "5m", "__range": "1h"}):
+            result = prom.query(q.expr)
+            if not result:
+                empty.append(f"{q.where}: {q.expr}")
+            if "sensor=~" in q.expr:
+                assert len(result) == 51, f"{q.where}: {len(result)} sensors"
+        assert empty == []
+        alerts = prom.api("alerts")["alerts"]
+        assert any(a["labels"]["alertname"] == "TidewatchAnomaliesInStage" and a["labels"]["stage"] == "P1"
+                   for a in alerts), alerts
+    finally:
+        job.stop()
+        prom.stop()
