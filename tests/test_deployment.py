@@ -384,8 +384,6 @@ def test_dashboard_is_at_the_operators_path():
 
 
 def test_dashboard_shows_every_metric_of_the_contract():
-    from ast import literal_eval  # noqa: F401  (known_metric_names reads the contract without importing it)
-
     text = " ".join(q.expr for q in validate.dashboard_queries())
     contract = {n for n in validate.known_metric_names() if not n.endswith(("_sum", "_count"))}
     histograms = {n[: -len("_bucket")] for n in contract if n.endswith("_bucket")}
