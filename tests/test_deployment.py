@@ -560,7 +560,6 @@ def test_wheel_installs_into_a_fresh_environment_and_runs_the_jobs(tmp_path: Pat
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(os.environ.get("TIDEWATCH_SLOW") != "1", reason="runs Spark and Prometheus: TIDEWATCH_SLOW=1")
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: `make install`")
 def test_every_dashboard_query_returns_data_from_a_live_run(tmp_path: Path):
     """A real Prometheus, with the alert rules loaded, scrapes a real inference run over a replayed stream
