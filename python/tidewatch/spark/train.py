@@ -103,8 +103,39 @@ def _scaler_stats(df, sensors):
     return merged
 
 
+# Rows per partition fetched to the driver: ~9 MB of SWaT-width rows, a small slice of a 1 GB driver heap.
+ROWS_PER_FETCH = 20_000
+
+
+def collect_arrow(df, rows: int, sort_by: list[str]):
+    """All rows of `df` as one Arrow table on the driver, sorted by `sort_by`.
+
+    Fetched a partition at a time as Arrow IPC blobs: `DataFrame.toArrow()` gathers every task's result
+    in the driver JVM at once, which ran a 495,000-row SWaT history out of spark-submit's default 1 GB
+    heap. Sorting here rather than in Spark spares a range-partitioning job and keeps the order exact
+    whatever order the partitions arrive in ((plant, timestamp) is unique after de-duplication).
+    `rows` (the DataFrame's row count) sizes the partitions fetched: about ROWS_PER_FETCH rows each.
+    """
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    def to_ipc(batches):
+        for batch in batches:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            yield pa.RecordBatch.from_pydict({"ipc": [sink.getvalue().to_pybytes()]})
+
+    tables = [pa.ipc.open_stream(row[0]).read_all()
+              for row in df.repartition(max(1, -(-rows // ROWS_PER_FETCH)))
+                           .mapInArrow(to_ipc, "ipc binary").toLocalIterator(prefetchPartitions=False)]
+    if not tables:
+        schema = to_arrow_schema(df.schema)
+        return schema.empty_table()
+    return pa.concat_tables(tables).sort_by([(c, "ascending") for c in sort_by])
+
+
 def run(args: argparse.Namespace) -> dict:
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     import tidewatch
@@ -129,9 +160,11 @@ def run(args: argparse.Namespace) -> dict:
     normal = kept.where(F.col(V.LABEL).isNull() | (F.col(V.LABEL) == 0)).drop(V.ROW_ID)
     skip_hours = args.skip_startup_hours if args.skip_startup_hours is not None else (
         6.0 if sensors.plant == "swat" else 0.0)
+    # Per-plant bounds come from small aggregations joined back, never from a window over a plant's whole
+    # history: such a window puts every row of a plant in one partition (495,000 SWaT rows in one task).
     if skip_hours > 0:
-        first = F.min(V.TIMESTAMP).over(Window.partitionBy(V.PLANT))
-        normal = (normal.withColumn("_first", first)
+        first = normal.groupBy(V.PLANT).agg(F.min(V.TIMESTAMP).alias("_first"))
+        normal = (normal.join(F.broadcast(first), on=V.PLANT)
                   .where(F.col(V.TIMESTAMP) >= F.col("_first") + F.expr(f"INTERVAL {int(skip_hours * 3600)} SECONDS"))
                   .drop("_first"))
     if args.train_start:
@@ -139,12 +172,15 @@ def run(args: argparse.Namespace) -> dict:
     if args.train_end:
         normal = normal.where(F.col(V.TIMESTAMP) <= F.to_timestamp(F.lit(args.train_end)))
 
-    # Time-ordered split per plant: the last fraction is validation, so no validation window leaks into
-    # training (windows never cross the split, which is one cut in time per plant).
-    ranked = normal.withColumn("_pos", F.percent_rank().over(Window.partitionBy(V.PLANT).orderBy(V.TIMESTAMP)))
-    ranked = ranked.persist()
-    train_df = ranked.where(F.col("_pos") < 1 - args.validation_fraction).drop("_pos")
-    val_df = ranked.where(F.col("_pos") >= 1 - args.validation_fraction).drop("_pos")
+    # Time-ordered split per plant: rows from the plant's (1 - validation_fraction) timestamp quantile on are
+    # validation, so no validation window leaks into training (windows never cross the one cut in time).
+    normal = normal.persist()
+    micros = F.unix_micros(F.col(V.TIMESTAMP))
+    cut = normal.groupBy(V.PLANT).agg(
+        F.percentile(micros, 1 - args.validation_fraction).alias("_cut"))
+    split = normal.join(F.broadcast(cut), on=V.PLANT)
+    train_df = split.where(micros < F.col("_cut")).drop("_cut")
+    val_df = split.where(micros >= F.col("_cut")).drop("_cut")
     stats = _scaler_stats(train_df, sensors)
     if stats.rows == 0:
         raise tidewatch.InputError("no normal rows left to train on after validation and filters")
@@ -153,8 +189,8 @@ def run(args: argparse.Namespace) -> dict:
         log.warning("constant in training data (kept at unit scale): %s", ", ".join(scaler.constant_columns))
 
     columns = [V.PLANT, V.TIMESTAMP, *sensors.sensors]
-    train_table = train_df.select(*columns).orderBy(V.PLANT, V.TIMESTAMP).toArrow()
-    val_table = val_df.select(*columns).orderBy(V.PLANT, V.TIMESTAMP).toArrow()
+    train_table = collect_arrow(train_df.select(*columns), stats.rows, sort_by=[V.PLANT, V.TIMESTAMP])
+    val_table = collect_arrow(val_df.select(*columns), val_df.count(), sort_by=[V.PLANT, V.TIMESTAMP])
     prep_seconds = time.monotonic() - started
     log.info("training rows %d, validation rows %d (prepared in %.1fs)", train_table.num_rows, val_table.num_rows,
              prep_seconds)
