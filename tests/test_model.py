@@ -430,3 +430,30 @@ def test_score_records_the_partition_aggregate(saved):
     assert agg.anomalies_by_sensor["AIT"] > 0
     with pytest.raises(tidewatch.TidewatchError):
         det.score(batch(values), aggregate=BatchAggregate(SensorSet.swat()))
+
+
+needs_cuda = pytest.mark.skipif(not tidewatch.cuda_available(), reason="no CUDA device on this machine")
+
+
+@needs_cuda
+def test_cuda_scores_match_cpu_within_1e_4(saved):
+    test = batch(plant_values(2000, 23))
+    cpu = Detector.load(saved, device="cpu").score(test)
+    gpu = Detector.load(saved, device="cuda").score(test)
+    assert gpu.column("status").equals(cpu.column("status"))
+    diff = np.abs(np.nan_to_num(gpu.column("score").to_numpy(zero_copy_only=False), nan=0)
+                  - np.nan_to_num(cpu.column("score").to_numpy(zero_copy_only=False), nan=0))
+    assert diff.max() <= 1e-4, diff.max()
+
+
+@needs_cuda
+def test_cuda_training_reduces_loss_and_scores_on_cpu_alike():
+    model = tidewatch.train(table(plant_values(1200, 11)), ModelConfig(**dict(QUICK, device="cuda")),
+                            sensors=TOY, progress=None)
+    losses = [h["train_loss"] for h in model.history]
+    assert losses[-1] < losses[0]
+    assert model.manifest["training"]["device"].startswith("cuda")
+    test = batch(plant_values(400, 24))
+    cpu = model.detector(device="cpu").score(test).column("score").to_numpy(zero_copy_only=False)
+    gpu = model.detector(device="cuda").score(test).column("score").to_numpy(zero_copy_only=False)
+    assert np.nanmax(np.abs(cpu - gpu)) <= 1e-4

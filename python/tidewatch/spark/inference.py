@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="format of landing files: JSON lines (fields by name; the replayer's default), CSV (header "
                         "and columns in canonical order: plant, timestamp, sensors, label), or Parquet")
     p.add_argument("--max-files-per-trigger", type=int, default=50, help="landing files per micro-batch at most")
+    p.add_argument("--clean-landing", choices=["off", "delete", "archive"], default="off",
+                   help="what happens to a landing file once its batch is committed: kept (default), deleted, or "
+                        "moved under --landing-archive-dir. A job that runs for months should not keep them: Spark "
+                        "lists the landing directory every trigger")
+    p.add_argument("--landing-archive-dir", help="where --clean-landing archive moves processed files")
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (with --source kafka)")
     p.add_argument("--topic", default="ics-sensor-data", help="Kafka topic (with --source kafka)")
     p.add_argument("--checkpoint", default="/data/checkpoints/inference",
@@ -64,17 +71,24 @@ class InferenceJob:
         from tidewatch.spark.session import get_session
 
         self.args = args
-        self.spark = get_session("tidewatch-inference", master=args.master)
-        self.state_dir = Path(args.checkpoint) / "tidewatch"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The model and the metrics port are checked before Spark starts: a wrong path or a port in use
+        # is reported in a second, not after the JVM's start-up.
         self.detector = tidewatch.Detector.load(args.model, device="cpu")
-        self.model_dir = self._snapshot()
         self.sensors = self.detector.sensors
         self.plant = args.plant or self.sensors.plant
         self.registry = tidewatch.MetricsRegistry(self.sensors)
         self.registry.model_loaded(self.detector.version, self.detector.checksum, self.detector.load_seconds)
         self.registry.set_threshold(args.threshold if args.threshold is not None else self.detector.threshold)
         self.server = tidewatch.MetricsServer(self.registry, host=args.metrics_host, port=args.metrics_port)
+        try:
+            self.state_dir = Path(args.checkpoint) / "tidewatch"
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.model_dir = self._snapshot()
+            self.spark = get_session("tidewatch-inference", master=args.master)
+        except BaseException:
+            self.server.stop()
+            raise
+        self.failure: str | None = None  # why the stream stopped, when a batch could not be completed
         self.last_rows_at = time.monotonic()
         self.in_batch = False  # the idle stop never interrupts a batch in progress
         self.summaries: list[BatchSummary] = []
@@ -194,13 +208,15 @@ class InferenceJob:
         kernel_quarantine = scored.where(F.col("status") == "quarantined").select(
             V.PLANT, V.TIMESTAMP, "reason", F.lit(None).cast(T.StringType()).alias("raw"))
 
-        self._write_results(results, batch_id)
+        with self._sink("results", self.args.results, batch_id):
+            self._write_results(results, batch_id)
         rejected = checked.quarantined.unionByName(late_or_dup)
         # Rows the kernel quarantined are already in the partitions' aggregates; count only these here.
         q_counts = {r[0]: r[1] for r in rejected.groupBy("reason").count().collect()}
         quarantined = rejected.unionByName(kernel_quarantine)
         if q_counts or payloads:
-            quarantined.write.mode("overwrite").parquet(str(Path(self.args.quarantine) / f"batch={batch_id}"))
+            with self._sink("quarantine", self.args.quarantine, batch_id):
+                quarantined.write.mode("overwrite").parquet(str(Path(self.args.quarantine) / f"batch={batch_id}"))
 
         # The next batch's context: each plant's last W-1 rows that entered windows.
         from pyspark.sql import Window
@@ -214,7 +230,8 @@ class InferenceJob:
         tail_table = new_tail.toArrow()
         import pyarrow.parquet as pq
 
-        self._write_atomic(self.state_dir / f"tail-{batch_id}.parquet", lambda p: pq.write_table(tail_table, p))
+        with self._sink("checkpoint", str(self.state_dir), batch_id):
+            self._write_atomic(self.state_dir / f"tail-{batch_id}.parquet", lambda p: pq.write_table(tail_table, p))
 
         aggregate = kernel.merge_aggregates(self.sensors, payloads)
         for reason, count in q_counts.items():
@@ -223,10 +240,11 @@ class InferenceJob:
         self.registry.apply_batch(aggregate, seconds)
         self.registry.set_carried_rows(tail_table.num_rows)
         counts = aggregate.counts()
-        self._write_atomic(
-            self.state_dir / "committed.json",
-            lambda p: p.write_text(json.dumps({"batch_id": batch_id, "counts": counts})),
-        )
+        with self._sink("checkpoint", str(self.state_dir), batch_id):
+            self._write_atomic(
+                self.state_dir / "committed.json",
+                lambda p: p.write_text(json.dumps({"batch_id": batch_id, "counts": counts})),
+            )
         for old in self.state_dir.glob("tail-*.parquet"):
             if int(old.stem.split("-")[1]) < batch_id - 1:
                 old.unlink(missing_ok=True)
@@ -241,6 +259,20 @@ class InferenceJob:
         self.summaries.append(summary)
         log.info("batch %d: %d rows in, %d scored, %d warm-up, %d quarantined, %d anomalies, %.2fs",
                  batch_id, rows_in, summary.scored, summary.warmup, summary.quarantined, summary.anomalies, seconds)
+
+    @contextmanager
+    def _sink(self, name: str, path: str, batch_id: int):
+        """A failed write to a sink (full disk, read-only or missing mount, no permission) stops the stream
+        with one clear line; the batch is not committed, so a restart replays it and replaces its partial
+        output: nothing lost, nothing written twice."""
+        try:
+            yield
+        except Exception as exc:
+            reason = os_error_of(exc) or probe_write(Path(path)) or first_error_line(exc)
+            self.failure = (f"batch {batch_id}: cannot write to the {name} sink {path}: {reason}; "
+                            f"the batch is not committed and is replayed when the job restarts")
+            log.error("%s", self.failure)
+            raise
 
     def _write_results(self, results, batch_id: int) -> None:
         """Writes a batch's rows under results/date=YYYY-MM-DD/ with the batch id in each file name,
@@ -278,6 +310,10 @@ class InferenceJob:
             return kafka_stream(spark, args.bootstrap_servers, args.topic, self.sensors.sensors, self.plant)
         Path(args.landing_dir).mkdir(parents=True, exist_ok=True)
         reader = spark.readStream.option("maxFilesPerTrigger", args.max_files_per_trigger)
+        if args.clean_landing != "off":
+            reader = reader.option("cleanSource", args.clean_landing)
+            if args.clean_landing == "archive":
+                reader = reader.option("sourceArchiveDir", args.landing_archive_dir)
         if args.file_format == "parquet":
             # Parquet files carry their own types; the first file fixes the schema.
             import pyarrow.parquet as pq
@@ -309,7 +345,14 @@ class InferenceJob:
         query = writer.start()
         try:
             while query.isActive:
-                query.awaitTermination(1.0)
+                try:
+                    query.awaitTermination(1.0)
+                except Exception as exc:  # the query failed: StreamingQueryException
+                    if self.failure:
+                        import tidewatch
+
+                        raise tidewatch.TidewatchIOError(self.failure) from None
+                    raise RuntimeError(f"streaming query failed: {str(exc).splitlines()[0][:500]}") from exc
                 idle = time.monotonic() - self.last_rows_at
                 # Idle time counts from the last batch that brought rows, never during a batch, and only
                 # once a first batch ran (Spark's start-up is not idleness).
@@ -318,7 +361,11 @@ class InferenceJob:
                     log.info("no new rows for %.0fs: stopping", args.stop_after_idle)
                     query.stop()
             if query.exception() is not None:
-                raise RuntimeError(f"streaming query failed: {query.exception()}")
+                import tidewatch
+
+                if self.failure:
+                    raise tidewatch.TidewatchIOError(self.failure)
+                raise RuntimeError(f"streaming query failed: {str(query.exception()).splitlines()[0][:500]}")
         finally:
             if query.isActive:
                 query.stop()
@@ -335,9 +382,65 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="inference.py", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    job = InferenceJob(args)
+    if args.clean_landing == "archive" and not args.landing_archive_dir:
+        parser.error("--clean-landing archive needs --landing-archive-dir")
+    import tidewatch
+
     try:
-        job.run()
-    finally:
-        job.close()
+        job = InferenceJob(args)
+        try:
+            job.run()
+        finally:
+            job.close()
+    except tidewatch.TidewatchError as exc:
+        print(f"inference.py: error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+# What the OS said, found in a Spark/Hadoop error chain (the first line of which is rarely it).
+_OS_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+              "Not a directory", "Is a directory", "No such file or directory", "Input/output error",
+              "Mkdirs failed to create")
+
+
+def os_error_of(exc: BaseException) -> str | None:
+    """The operating system's reason for a failed write when the error chain carries it."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    for phrase in _OS_ERRORS:
+        at = text.find(phrase)
+        if at >= 0:
+            end = text.find("\n", at)
+            return text[at:end if end >= 0 else None].strip()
+    return None
+
+
+def probe_write(directory: Path) -> str | None:
+    """Writes and removes a small file in `directory` to learn what the OS says: Hadoop's local file system
+    reports some failures (a read-only mount, no permission) without the reason."""
+    probe = directory / f".tidewatch-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None
+
+
+def first_error_line(exc: BaseException) -> str:
+    """The first line of a (Java) error chain that names an exception, without Py4J's wrapper line."""
+    lines = [line.strip(" :") for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "Exception: " in line and "Py4J" not in line:
+            return line.split("Exception: ", 1)[1][:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]
