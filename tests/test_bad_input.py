@@ -382,23 +382,11 @@ def test_arrow_corpus(corpus: Corpus, detector: tidewatch.Detector) -> None:
     fail_with(problems, len(cases), "Arrow batch")
 
 
-@pytest.mark.parametrize("bug", [known("kernel-huge-values")])
-def test_arrow_corpus_known_bugs(corpus: Corpus, detector: tidewatch.Detector, bug: str) -> None:
-    cases = [c for c in corpus.arrow if c.known_bug == bug]
-    parquet = [c for c in corpus.parquet if c.known_bug == bug]
-    assert cases and parquet
-    problems = [p for case in cases for p in check_scoring(case.name, detector, case.batch)]
-    for case in parquet:
-        problems += check_scoring(case.name, detector, read_dataset(case.path, sensors=SENSORS).table)
-    assert not any("CRASH" in p for p in problems), problems
-    fail_with(problems, len(cases) + len(parquet), bug)
-
-
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["kernel-huge-values"])
 def test_huge_value_regression(detector: tidewatch.Detector) -> None:
-    """The exact input of the kernel-huge-values report: 12 rows of the tiny SWaT model's plant, row 6
-    with LIT101=1e39 (finite in float64, infinite in float32 once scaled), MV101=1e308 and P101=-1e308.
-    Each row must be quarantined, or scored with a score that is a number and flagged if infinite."""
+    """Once a known bug: 12 rows of the tiny SWaT model's plant, row 6 with LIT101=1e39 (finite in float64,
+    infinite in float32 once scaled), MV101=1e308 and P101=-1e308 scored NaN, unflagged. Each row must be
+    quarantined, or scored with a score that is a number and flagged if infinite; the windows holding the
+    absurd row are flagged and name one of its sensors."""
     from corpus.generate import canonical_table
 
     table = canonical_table(12, np.random.default_rng(3))
@@ -408,9 +396,15 @@ def test_huge_value_regression(detector: tidewatch.Detector) -> None:
         table = table.set_column(table.schema.get_field_index(column), column, pa.array(values))
     detector.reset_stream()
     out = detector.score(table.combine_chunks().to_batches()[0])
-    for row in out.select(["status", "score", "flag"]).to_pylist():
+    rows = out.select(["status", "score", "flag", "top_sensors"]).to_pylist()
+    for row in rows:
         if row["status"] == "scored":
             assert not math.isnan(row["score"]) and (math.isfinite(row["score"]) or row["flag"]), row
+    covering = [r for i, r in enumerate(rows) if 6 <= i < 6 + detector.window and r["status"] == "scored"]
+    assert covering, "some scored window holds the absurd row"
+    for row in covering:
+        assert row["flag"], row
+        assert {"LIT101", "MV101", "P101"} & set(row["top_sensors"].split(",")), row
 
 
 # ------------------------------------------------------------------------------------------------

@@ -685,9 +685,6 @@ def test_detector_load_refuses_broken_layouts(artifact: Path, small_batch: pa.Re
         tidewatch.Detector.load(target, device="cpu")
 
 
-@pytest.mark.xfail(strict=True, reason="Detector.load does not check model_version (the hash of what determines "
-                   "scores) against the manifest it reads: edited or corrupted thresholds, scaler values or sensor "
-                   "order load silently under the old version (src/model/artifact.rs load / verify_files)")
 @pytest.mark.parametrize("edit", ["threshold", "scaler offset", "sensor order"])
 def test_detector_load_notices_a_changed_manifest(artifact: Path, tmp_path: Path, edit: str) -> None:
     target = copy_artifact(artifact, tmp_path / "m")
@@ -700,5 +697,5 @@ def test_detector_load_notices_a_changed_manifest(artifact: Path, tmp_path: Path
         sensors = manifest["sensors"]
         sensors[0], sensors[1] = sensors[1], sensors[0]
     (target / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError, match="does not match the manifest's contents"):
         tidewatch.Detector.load(target, device="cpu")

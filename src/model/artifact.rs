@@ -509,6 +509,16 @@ fn verify_files(dir: &Path) -> Result<Manifest> {
         Err(e) => return Err(Error::io(&manifest_path, e)),
     };
     let manifest = parse_manifest(&text, &what)?;
+    // The version is a hash of everything that determines scores: a manifest edited by hand or damaged
+    // (a threshold, a scaler value, the sensor order) must not load under the version it claims.
+    let derived = model_version(&manifest);
+    if manifest.model_version != derived {
+        return Err(Error::Model(format!(
+            "{what}: model_version '{}' does not match the manifest's contents (they hash to '{derived}'): \
+             the file was edited or corrupted after publishing; publish the model again",
+            manifest.model_version
+        )));
+    }
     let weights_path = dir.join(&manifest.weights.file);
     if manifest.weights.file != WEIGHTS_FILE {
         return Err(Error::Model(format!("{what}: weights file '{}' is not {WEIGHTS_FILE}", manifest.weights.file)));

@@ -34,6 +34,18 @@ use crate::sensors::SensorSet;
 use crate::windows::WindowStream;
 use crate::{Error, Result};
 
+/// Largest magnitude a scaled reading enters the network with. Min-max scaling puts normal readings in
+/// about [0, 1]; an absurd finite reading (1e39, a spoofed or broken sensor) would overflow float32 and
+/// turn its windows' scores into NaN, unflagged. Clamped, it still scores as the extreme anomaly it is
+/// (squared errors up to ~1e12, far inside float32) and names its sensor.
+pub const SCALED_INPUT_LIMIT: f64 = 1e6;
+
+/// A scaled reading as the network's float32 input, clamped to ±SCALED_INPUT_LIMIT.
+#[inline]
+pub fn scaled_input(scaled: f64) -> f32 {
+    scaled.clamp(-SCALED_INPUT_LIMIT, SCALED_INPUT_LIMIT) as f32
+}
+
 pub const STATUS_SCORED: &str = "scored";
 pub const STATUS_WARMUP: &str = "warmup";
 pub const STATUS_QUARANTINED: &str = "quarantined";
@@ -426,7 +438,7 @@ impl Detector {
                 series.reserve(plan.combined_rows() * f);
                 for pos in 0..plan.combined_rows() {
                     for j in 0..f {
-                        series.push(scaler.apply(plan.value(pos, j, &get), j) as f32);
+                        series.push(scaled_input(scaler.apply(plan.value(pos, j, &get), j)));
                     }
                 }
             }

@@ -57,8 +57,6 @@ KNOWN_BUGS = {
                       "line count: rows read exceed the file's lines and every later line number is off by one",
     "reader-quote": "readers._read_text: a '\"' opening a field swallows the following lines into one quoted value: "
                     "those rows vanish without a quarantine entry",
-    "kernel-huge-values": "Detector: a finite reading too large for float32 after scaling (e.g. 1e39) makes the "
-                          "windows' scores NaN with flag False: an absurd value is neither flagged nor quarantined",
     "spark-field-count": "streaming CSV read (PERMISSIVE, no corrupt-record column): a line with too many fields "
                          "is accepted with its extra values dropped, and one missing the last field (the label) "
                          "is accepted unlabelled",
@@ -1182,7 +1180,7 @@ def generate_parquet_cases(out: Path, rng: np.random.Generator, scale: int = 1) 
         for _ in range(3):
             big = _set_cells(big, str(rng.choice(sensors)), [int(rng.integers(5, 30))],
                              float(rng.choice([1e39, 1e300, -1e308, 3e38])))
-        write("huge_values", big, known_bug="kernel-huge-values")
+        write("huge_values", big)
     return cases
 
 
@@ -1280,7 +1278,7 @@ def generate_arrow_cases(rng: np.random.Generator, scale: int = 1) -> list[Arrow
         for _ in range(3):
             big = _set_cells(big, str(rng.choice(sensors)), [int(rng.integers(5, n))],
                              float(rng.choice([1e39, 1e300, -1e308, 3.4e38])))
-        add("huge_values", big, known_bug="kernel-huge-values")
+        add("huge_values", big)
     return cases
 
 
