@@ -19,12 +19,13 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 RUST_SOURCES := $(shell find src -name '*.rs' 2>/dev/null) Cargo.toml Cargo.lock build.rs pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: help install build test test-rust test-python demo bench validate clean
+.PHONY: help install build test test-rust test-python demo bench bench-attacks validate clean
 
 help:
 	@echo "make demo   - run tidewatch end to end on embedded defaults"
 	@echo "make test   - install everything needed and run all tests (cargo + pytest)"
 	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make bench-attacks - detection and attribution on the simulator's 36 attacks (~5 min)"
 	@echo "make build  - build the native extension (release) into the venv"
 	@echo "make validate - check k8s manifests, Prometheus rules and the Grafana dashboard offline"
 
@@ -76,6 +77,9 @@ bench: install build
 
 bench-skab: install build
 	$(PY) bench/skab.py
+
+bench-attacks: install build
+	$(PY) bench/bench_simulated_attacks.py
 
 clean:
 	rm -rf target $(STAMPS)

@@ -1,6 +1,7 @@
 """Runs every benchmark under bench/ in turn (`make bench`); each prints its own figures and ratios.
 
-The SKAB detection benchmark is longer and has its own target, `make bench-skab`.
+The SKAB detection benchmark and the simulated-attacks benchmark are longer and have their own targets,
+`make bench-skab` and `make bench-attacks`.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-SKIP = {"run_all.py", "skab.py"}
+SKIP = {"run_all.py", "skab.py", "bench_simulated_attacks.py"}
 
 
 def main() -> int:

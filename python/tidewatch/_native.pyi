@@ -236,3 +236,39 @@ class MetricsServer:
     def listener_restarts(self) -> int: ...
     def __enter__(self) -> MetricsServer: ...
     def __exit__(self, *exc: object) -> None: ...
+
+# --- the plant simulator (src/python/simulator.rs) ---
+
+# (attack id, first second, second after the last, whether the plant was ready), seconds from the start.
+_AttackRun = tuple[int, int, int, bool]
+
+def simulate(
+    duration_s: int,
+    *,
+    seed: int = 0,
+    start_us: int = 1_451_296_800_000_000,
+    attacks: list[int] = ...,
+    timing: str = "spread",
+    plant: str = "swat",
+) -> tuple[Any, list[_AttackRun]]: ...
+
+class PlantSimulation:
+    def __init__(
+        self,
+        duration_s: int,
+        *,
+        seed: int = 0,
+        start_us: int = 1_451_296_800_000_000,
+        attacks: list[int] = ...,
+        timing: str = "spread",
+        plant: str = "swat",
+    ) -> None: ...
+    def next_batch(self, max_rows: int) -> Any | None: ...
+    @property
+    def remaining(self) -> int: ...
+    @property
+    def runs(self) -> list[_AttackRun]: ...
+    @property
+    def schema(self) -> Any: ...
+
+def simulated_attack_ids() -> list[int]: ...

@@ -674,3 +674,282 @@ def evaluate(
         events=outcomes,
         attribution=attribution,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# a detector against a run with attack ids (the simulator's tables)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    """One attack of a labelled run: detected or not, how fast, and whether the attribution named it.
+
+    Rows are positions among the evaluated (scored) rows, ``[start_row, end_row)``; ``rows`` is 0 for an
+    attack that fell entirely in unscored (warm-up or quarantined) rows, which then counts as not detected.
+    ``attribution_hit`` is ``None`` when the attack cannot be attributed (``attribution_note`` says why, e.g.
+    its attacked point is not a recorded sensor).
+    """
+
+    name: str
+    attack_id: int
+    start: Any  # first row's timestamp
+    end: Any  # last row's timestamp
+    start_row: int
+    end_row: int
+    rows: int
+    attacked_points: tuple[str, ...]
+    detected: bool
+    delay_rows: int | None
+    delay_seconds: float | None
+    top_sensors: tuple[str, ...]
+    attribution_hit: bool | None
+    attribution_note: str | None = None
+
+
+@dataclass
+class AttackRunReport:
+    """``evaluate_attack_run``'s result: one ``AttackOutcome`` per attack that ran, and the run's ``report``
+    (point-wise, event-wise, PR-AUC, attribution over all attacks). ``event_recall`` is
+    ``n_detected / n_attacks`` over ``attacks``, where an attack without evaluated rows counts as missed
+    (``report``'s event figures only see attacks with evaluated rows); ``unscored_rows`` counts the rows left out by status;
+    ``labels``, ``flags``, ``scores`` and ``timestamps`` are the evaluated rows."""
+
+    top_k: int
+    n_rows: int
+    unscored_rows: dict[str, int]
+    attacks: list[AttackOutcome]
+    n_attacks: int
+    n_detected: int
+    event_recall: float
+    attribution_hit_rate: float
+    report: EvaluationReport
+    # the evaluated rows, in order (not part of to_dict): what the figures were computed from
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool), repr=False)
+    flags: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool), repr=False)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    timestamps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="datetime64[us]"), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``nan`` becomes ``None``, times become ISO strings)."""
+        attacks = []
+        for outcome in self.attacks:
+            row = asdict(outcome)
+            for key in ("start", "end"):
+                value = row[key]
+                row[key] = value.isoformat() if hasattr(value, "isoformat") else None if value is None else str(value)
+            attacks.append(row)
+        return _json_number(
+            {
+                "top_k": self.top_k,
+                "n_rows": self.n_rows,
+                "unscored_rows": dict(self.unscored_rows),
+                "n_attacks": self.n_attacks,
+                "n_detected": self.n_detected,
+                "event_recall": self.event_recall,
+                "attribution_hit_rate": self.attribution_hit_rate,
+                "attacks": attacks,
+                "report": self.report.to_dict(),
+            }
+        )
+
+    def format(self, info: dict[int, tuple[str, str]] | None = None) -> str:
+        """A table of the attacks, then the run's report. ``info``: attack id -> (stage, description),
+        shown when given (e.g. from ``tidewatch.readers.load_attack_list``)."""
+        k = self.top_k
+        header = f"{'attack':>6}  {'stage':<5}  {'attacked':<18}  {'detected':<8}  {'delay s':>8}  {f'top-{k} hit':<10}  top-{k} sensors"
+        header = f"{header:<{len(header) + 24 - 13}}"
+        lines = [(header + ("  description" if info else "")).rstrip(), "-" * len(header)]
+        for a in self.attacks:
+            stage, description = (info or {}).get(a.attack_id, ("", ""))
+            hit = "n/a" if a.attribution_hit is None else "yes" if a.attribution_hit else "no"
+            line = (
+                f"{a.name:>6}  {stage:<5}  {';'.join(a.attacked_points) or '-':<18}  "
+                f"{'yes' if a.detected else 'no':<8}  {_fmt(a.delay_seconds, 0):>8}  {hit:<10}  "
+                f"{','.join(a.top_sensors) or '-':<24}"
+            )
+            if info:
+                line += f"  {description}"
+            if a.attribution_note:
+                line += f"  [{a.attribution_note}]"
+            lines.append(line.rstrip())
+        attribution = self.report.attribution
+        n_attr = attribution.n_events if attribution is not None else 0
+        n_hits = attribution.n_hits if attribution is not None else 0
+        lines += [
+            "",
+            f"attacks {self.n_attacks}  detected {self.n_detected}  event recall {_fmt(self.event_recall)}",
+            f"attribution: attacked sensor in top-{k} for {n_hits}/{n_attr} attributable attacks"
+            f"  hit rate {_fmt(self.attribution_hit_rate)}",
+        ]
+        if self.unscored_rows:
+            lines.append(f"rows left out (not scored): {self.unscored_rows}")
+        lines.append(self.report.format())
+        return "\n".join(lines)
+
+
+def _arrow_column(data: Any, name: str, what: str) -> Any:
+    names = data.schema.names
+    if name not in names:
+        raise InputError(f"{what}: no column {name!r}; columns are {names}")
+    column = data.column(name)
+    return column.combine_chunks() if hasattr(column, "combine_chunks") else column
+
+
+def _arrow_numbers(data: Any, name: str, what: str, fill: float) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.fill_null(_arrow_column(data, name, what), fill).to_numpy(zero_copy_only=False))
+
+
+def _unique_names(ids: Sequence[int]) -> list[str]:
+    seen: dict[int, int] = {}
+    names = []
+    for attack_id in ids:
+        seen[attack_id] = seen.get(attack_id, 0) + 1
+        names.append(str(attack_id) if seen[attack_id] == 1 else f"{attack_id}#{seen[attack_id]}")
+    return names
+
+
+def evaluate_attack_run(
+    scored: Any,
+    table: Any,
+    *,
+    top_k: int = 3,
+    tolerance_rows: int = 0,
+) -> AttackRunReport:
+    """Measures a detector's output ``scored`` (``Detector.score``'s rows, docs/scoring-contract.md) against
+    the run ``table`` it scored (rows in the same order), which carries ``label`` and ``attack_id`` (0 or
+    null outside attacks) and optionally ``attacked_points`` (``;``-separated), as simulated tables do.
+
+    Only rows with status ``scored`` are evaluated. Each maximal run of one attack id is one attack; it is
+    detected when one of its rows (or ``tolerance_rows`` after it) is flagged, and attributed when one of its
+    attacked points is among the ``top_k`` sensors by mean reconstruction error over its flagged rows (all
+    its rows when none is flagged). Thresholds are the detector's own (its ``flag`` column).
+    """
+    if scored.num_rows != table.num_rows:
+        raise InputError(f"the scored rows ({scored.num_rows}) do not match the table's rows ({table.num_rows})")
+    status = np.asarray(_arrow_column(scored, "status", "scored rows").to_pylist(), dtype=object)
+    kept = status == "scored"
+    unscored: dict[str, int] = {}
+    for value in status[~kept]:
+        key = str(value) if value is not None else "no status"
+        unscored[key] = unscored.get(key, 0) + 1
+
+    label_column = _arrow_column(table, "label", "table")
+    if label_column.null_count:
+        raise InputError(f"table: column 'label' has {label_column.null_count} null row(s)")
+    labels_all = _as_binary(label_column.to_numpy(zero_copy_only=False), "labels")
+    ids_all = _arrow_numbers(table, "attack_id", "table", 0).astype(np.int64)
+    if np.any(labels_all != (ids_all != 0)):
+        row = int(np.flatnonzero(labels_all != (ids_all != 0))[0])
+        raise InputError(f"table: row {row} has label {int(labels_all[row])} but attack_id {ids_all[row]}")
+    points_all = (
+        _arrow_column(table, "attacked_points", "table").to_pylist()
+        if "attacked_points" in table.schema.names
+        else [None] * table.num_rows
+    )
+
+    error_columns = [c for c in scored.schema.names if c.startswith("error_")]
+    sensor_names = [c[len("error_"):] for c in error_columns]
+    labels = labels_all[kept]
+    flags = _arrow_numbers(scored, "flag", "scored rows", False).astype(bool)[kept]
+    scores = _arrow_numbers(scored, "score", "scored rows", np.nan).astype(np.float64)[kept]
+    timestamps = np.asarray(_arrow_column(table, "timestamp", "table").to_numpy(zero_copy_only=False))[kept]
+    errors = np.column_stack(
+        [_arrow_numbers(scored, c, "scored rows", np.nan).astype(np.float64)[kept] for c in error_columns]
+    ) if error_columns else np.zeros((int(kept.sum()), 0))
+    thresholds = _arrow_column(scored, "threshold", "scored rows").drop_null().unique().to_pylist()
+    threshold = float(thresholds[0]) if len(thresholds) == 1 else None
+
+    # each run of one attack id, in table rows, then in evaluated rows
+    change = np.flatnonzero(np.diff(ids_all, prepend=0, append=0))
+    runs = [(int(b), int(e)) for b, e in zip(change[:-1], change[1:]) if ids_all[b] != 0]
+    before = np.concatenate(([0], np.cumsum(kept, dtype=np.int64)))  # evaluated rows before each table row
+    run_ids = [int(ids_all[b]) for b, _ in runs]
+    names = _unique_names(run_ids)
+    events = []
+    boundaries = []
+    for name, (begin, end) in zip(names, runs):
+        start_row, end_row = int(before[begin]), int(before[end])
+        sensors = frozenset(s.strip() for s in (points_all[begin] or "").split(";") if s.strip())
+        events.append(AttackedEvent(name, start_row, end_row, sensors))
+        if 0 < start_row < end_row and labels[start_row - 1]:
+            boundaries.append(start_row)  # two attacks back to back stay two events
+
+    report = evaluate(
+        labels,
+        flags=flags,
+        scores=scores,
+        threshold=threshold,
+        timestamps=timestamps,
+        tolerance_rows=tolerance_rows,
+        boundaries=boundaries,
+        attacked_events=events,
+        top_k=top_k,
+        error_matrix=errors,
+        sensor_names=sensor_names,
+    )
+    by_start = {o.start_row: o for o in report.events}
+    attribution = report.attribution
+    assert attribution is not None
+    attributed = {o.name: o for o in attribution.events}
+    excluded = dict(attribution.excluded)
+
+    outcomes = []
+    for name, attack_id, event, (begin, end) in zip(names, run_ids, events, runs):
+        found = by_start.get(event.start_row) if event.end_row > event.start_row else None
+        ranked = attributed.get(name)
+        outcomes.append(
+            AttackOutcome(
+                name=name,
+                attack_id=attack_id,
+                start=_arrow_column(table, "timestamp", "table")[begin].as_py(),
+                end=_arrow_column(table, "timestamp", "table")[end - 1].as_py(),
+                start_row=event.start_row,
+                end_row=event.end_row,
+                rows=event.end_row - event.start_row,
+                attacked_points=tuple(sorted(event.sensors)),
+                detected=bool(found and found.detected),
+                delay_rows=found.delay_rows if found else None,
+                delay_seconds=found.delay_seconds if found else None,
+                top_sensors=ranked.top_sensors if ranked else (),
+                attribution_hit=ranked.hit if ranked else None,
+                attribution_note=excluded.get(name),
+            )
+        )
+    detected = sum(o.detected for o in outcomes)
+    return AttackRunReport(
+        top_k=top_k,
+        n_rows=int(kept.sum()),
+        unscored_rows=unscored,
+        attacks=outcomes,
+        n_attacks=len(outcomes),
+        n_detected=detected,
+        event_recall=_ratio(detected, len(outcomes)),
+        attribution_hit_rate=attribution.hit_rate,
+        report=report,
+        labels=labels,
+        flags=flags,
+        scores=scores,
+        timestamps=timestamps,
+    )
+
+
+def evaluate_simulated_attacks(
+    detector: Any,
+    table: Any,
+    *,
+    top_k: int = 3,
+    tolerance_rows: int = 0,
+    reset_stream: bool = True,
+) -> AttackRunReport:
+    """Scores ``table`` (a simulated run, ``tidewatch.simulator.simulate``, or any table with ``label`` and
+    ``attack_id``) with ``detector`` (a ``tidewatch.Detector``) and measures it with ``evaluate_attack_run``:
+    per attack detected or not, detection delay, attacked sensor in the top ``top_k``; event recall,
+    attribution hit rate, point-wise precision / recall / F1, FAR and PR-AUC. ``reset_stream`` first drops
+    rows the detector carries from earlier calls, so the run's first window-1 rows are warm-up."""
+    if reset_stream:
+        detector.reset_stream()
+    scored = detector.score(table)
+    return evaluate_attack_run(scored, table, top_k=top_k, tolerance_rows=tolerance_rows)
