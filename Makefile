@@ -19,13 +19,16 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 RUST_SOURCES := $(shell find src -name '*.rs' 2>/dev/null) Cargo.toml Cargo.lock build.rs pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: help install build test test-rust test-python demo bench bench-attacks validate clean
+.PHONY: help install build test test-rust test-python demo bench bench-skab bench-attacks bench-swat-size soak validate clean
 
 help:
 	@echo "make demo   - run tidewatch end to end on embedded defaults"
 	@echo "make test   - install everything needed and run all tests (cargo + pytest)"
 	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make bench-skab - the SKAB detection benchmark against baselines (~5 min)"
 	@echo "make bench-attacks - detection and attribution on the simulator's 36 attacks (~5 min)"
+	@echo "make bench-swat-size - spark-submit train.py on 495,000 SWaT-size rows, timed"
+	@echo "make soak   - the long fault, bad-input and memory soak runs"
 	@echo "make build  - build the native extension (release) into the venv"
 	@echo "make validate - check k8s manifests, Prometheus rules and the Grafana dashboard offline"
 
@@ -80,6 +83,15 @@ bench-skab: install build
 
 bench-attacks: install build
 	$(PY) bench/bench_simulated_attacks.py
+
+bench-swat-size: install build
+	$(PY) bench/swat_size_train.py
+
+# The long versions: 5x the malformed-input corpus, more hypothesis examples, kill -9 eight times in a row,
+# then 30 minutes of the streaming job at full speed with its memory sampled (tools/soak.py).
+soak: install build
+	TIDEWATCH_SOAK=1 $(PY) -m pytest -q tests/test_bad_input.py tests/test_fuzz_native.py tests/test_faults.py
+	$(PY) tools/soak.py --minutes 30
 
 clean:
 	rm -rf target $(STAMPS)
