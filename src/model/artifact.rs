@@ -400,7 +400,9 @@ impl ModelArtifact {
         // 1. The version directory: written aside, fsynced, renamed into place.
         let reused = version_dir.join(MANIFEST_FILE).exists() && {
             // Same scoring content published before; reuse it if it is intact.
-            verify_files(&version_dir).map(|m| m.model_version == version).unwrap_or(false)
+            verify_files(&version_dir)
+                .map(|m| m.model_version == version && check_model_version(&m, "").is_ok())
+                .unwrap_or(false)
         };
         if !reused {
             let tmp = store.join(format!(".{version}.tmp-{}", random_suffix()));
@@ -465,10 +467,12 @@ impl ModelArtifact {
         let weights = fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
         let what = weights_path.display().to_string();
         check_weight_bytes(&manifest, &weights, &what)?;
-        let sensors = check_consistency(&manifest, &dir.join(MANIFEST_FILE).display().to_string())?;
+        let manifest_what = dir.join(MANIFEST_FILE).display().to_string();
+        let sensors = check_consistency(&manifest, &manifest_what)?;
         let values = read_tensors(&weights, &what)?;
         let vae = LstmVae::zeroed(manifest.architecture, device)?;
         vae.load_parameters(&values, &what)?;
+        check_model_version(&manifest, &manifest_what)?;
         Ok(ModelArtifact { manifest, sensors, vae, weights, source: Some(dir) })
     }
 }
@@ -509,16 +513,6 @@ fn verify_files(dir: &Path) -> Result<Manifest> {
         Err(e) => return Err(Error::io(&manifest_path, e)),
     };
     let manifest = parse_manifest(&text, &what)?;
-    // The version is a hash of everything that determines scores: a manifest edited by hand or damaged
-    // (a threshold, a scaler value, the sensor order) must not load under the version it claims.
-    let derived = model_version(&manifest);
-    if manifest.model_version != derived {
-        return Err(Error::Model(format!(
-            "{what}: model_version '{}' does not match the manifest's contents (they hash to '{derived}'): \
-             the file was edited or corrupted after publishing; publish the model again",
-            manifest.model_version
-        )));
-    }
     let weights_path = dir.join(&manifest.weights.file);
     if manifest.weights.file != WEIGHTS_FILE {
         return Err(Error::Model(format!("{what}: weights file '{}' is not {WEIGHTS_FILE}", manifest.weights.file)));
@@ -532,6 +526,21 @@ fn verify_files(dir: &Path) -> Result<Manifest> {
     };
     check_weight_bytes(&manifest, &weights, &weights_path.display().to_string())?;
     Ok(manifest)
+}
+
+/// The version is a hash of everything that determines scores: a manifest edited by hand or damaged
+/// (a threshold, a scaler value, the sensor order) must not load under the version it claims. Checked
+/// after the structural checks so that an inconsistent manifest gets the more precise message.
+fn check_model_version(manifest: &Manifest, what: &str) -> Result<()> {
+    let derived = model_version(manifest);
+    if manifest.model_version != derived {
+        return Err(Error::Model(format!(
+            "{what}: model_version '{}' does not match the manifest's contents (they hash to '{derived}'): \
+             the file was edited or corrupted after publishing; publish the model again",
+            manifest.model_version
+        )));
+    }
+    Ok(())
 }
 
 /// Parses manifest text: a foreign or newer file gets a precise message before any field-level error.
@@ -837,6 +846,8 @@ mod tests {
             })), &["3 per-sensor thresholds for 4"]),
             ("hidden size mismatch", Box::new(|d: &Path| edit_manifest(d, |v| v["config"]["hidden_size"] = 32.into())), &["architecture"]),
             ("window mismatch", Box::new(|d: &Path| edit_manifest(d, |v| v["window"]["length"] = 10.into())), &["window 10/1"]),
+            ("threshold edited by hand", Box::new(|d: &Path| edit_manifest(d, |v| v["thresholds"]["window"] = 1e9.into())),
+                &["manifest.json", "does not match the manifest's contents"]),
         ];
         for (label, damage, needles) in cases {
             let err = load_error(damage);
