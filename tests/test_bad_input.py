@@ -226,16 +226,6 @@ def test_text_corpus(corpus: Corpus, target: str) -> None:
     fail_with(problems, len(cases), f"{target} CSV")
 
 
-@pytest.mark.parametrize("bug", [known("reader-lone-cr"), known("reader-quote"), known("reader-header-no-newline"),
-                                 known("reader-impossible-date")])
-def test_text_corpus_known_bugs(corpus: Corpus, bug: str) -> None:
-    cases = [c for c in corpus.text if c.known_bug == bug]
-    assert cases
-    problems = [p for case in cases for p in check_text_case(case)]
-    assert not any("CRASH" in p for p in problems), problems
-    fail_with(problems, len(cases), bug)
-
-
 def test_text_corpus_covers_every_kind(corpus: Corpus) -> None:
     from corpus.generate import TEXT_KINDS
 
@@ -502,7 +492,8 @@ def run_validation(frame: Any) -> tuple[pa.Table, pa.Table]:
 def compare_spark(expected: list[tuple[str, Any]], valid: pa.Table, quarantined: pa.Table, rows_in: int,
                   what: str) -> list[str]:
     """`expected`: (case name, SparkExpect) for every input row. Outcomes are compared per plant key as
-    multisets; valid rows' times and values exactly; and rows in = valid + quarantined."""
+    multisets; valid rows' times and values exactly; the text of a line or message that cannot be read
+    into fields must be its quarantined row's raw; and rows in = valid + quarantined."""
     problems = []
     if valid.num_rows + quarantined.num_rows != rows_in:
         problems.append(f"{what}: {rows_in} rows in, {valid.num_rows} valid + {quarantined.num_rows} quarantined")
@@ -514,6 +505,14 @@ def compare_spark(expected: list[tuple[str, Any]], valid: pa.Table, quarantined:
             case = next((n for n, e in expected if (e.plant, e.outcome) == key), None) or next(
                 (n for n, e in expected if e.plant == key[0]), "?")
             problems.append(f"{what}: {case}: plant {key[0]!r} outcome {key[1]!r}: expected {want[key]}, got {got[key]}")
+    kept_raw = Counter(zip(quarantined["plant"].to_pylist(), quarantined["reason"].to_pylist(),
+                           quarantined["raw"].to_pylist()))
+    for name, e in expected:
+        if e.raw is not None:
+            if kept_raw[(e.plant, e.outcome, e.raw)] > 0:
+                kept_raw[(e.plant, e.outcome, e.raw)] -= 1
+            else:
+                problems.append(f"{what}: {name}: no row quarantined as {e.outcome!r} with raw {e.raw[:80]!r}")
     rows = {(p, t): i for i, (p, t) in enumerate(zip(valid["plant"].to_pylist(), valid["t"].to_pylist()))}
     columns = {s: valid[s].to_pylist() for s in SENSORS}
     for name, e in expected:
@@ -540,16 +539,8 @@ def kafka_frame(spark: Any, cases: list[KafkaCase]) -> Any:
 def check_kafka(spark: Any, cases: list[KafkaCase]) -> list[str]:
     STATS["kafka"] += len(cases)
     valid, quarantined = run_validation(kafka_frame(spark, cases))
-    expected = [(c.name, e) for c in cases for e in c.expected if e.outcome != "raw:kept"]
-    problems = compare_spark(expected, valid, quarantined, sum(len(c.messages) for c in cases), "kafka")
-    # The message text of a row that is not a JSON object must reach the quarantine.
-    for case in cases:
-        for message, e in zip(case.messages, case.expected):
-            if e.outcome == "raw:kept":
-                text = message.decode("utf-8", "replace")
-                if not any(raw and text in raw for raw in quarantined["raw"].to_pylist()):
-                    problems.append(f"kafka: {case.name}: message {text!r} is not in any quarantined row's raw")
-    return problems
+    expected = [(c.name, e) for c in cases for e in c.expected]
+    return compare_spark(expected, valid, quarantined, sum(len(c.messages) for c in cases), "kafka")
 
 
 @spark_only
@@ -560,24 +551,11 @@ def test_kafka_messages(corpus: Corpus, spark: Any) -> None:
     fail_with(check_kafka(spark, cases), len(cases), "Kafka message")
 
 
-@spark_only
-@pytest.mark.integration
-@pytest.mark.parametrize("bug", [known("spark-raw-lost")])
-def test_kafka_messages_known_bugs(corpus: Corpus, spark: Any, bug: str) -> None:
-    cases = [c for c in corpus.kafka if c.known_bug == bug]
-    assert cases
-    fail_with(check_kafka(spark, cases), len(cases), bug)
-
-
 def landing_frame(spark: Any, directory: Path, file_format: str) -> Any:
     """The streaming job's landing-file read (inference.InferenceJob.input_stream), as a batch read."""
-    from pyspark.sql import types as T
+    from tidewatch.spark.validate import read_text
 
-    schema = T.StructType([T.StructField(n, T.StringType(), True) for n in ["plant", "timestamp", *SENSORS, "label"]])
-    reader = spark.read.schema(schema).option("mode", "PERMISSIVE")
-    if file_format == "csv":
-        return reader.option("header", "true").csv(str(directory))
-    return reader.json(str(directory))
+    return read_text(spark.read, file_format, SENSORS, str(directory))
 
 
 def check_landing(spark: Any, cases: list[LandingCase]) -> list[str]:
@@ -585,14 +563,9 @@ def check_landing(spark: Any, cases: list[LandingCase]) -> list[str]:
     directory = cases[0].path.parent
     assert all(c.path.parent == directory for c in cases)
     valid, quarantined = run_validation(landing_frame(spark, directory, cases[0].file_format))
-    expected = [(c.name, e) for c in cases for e in c.expected if e.outcome != "raw:kept"]
+    expected = [(c.name, e) for c in cases for e in c.expected]
     rows_in = sum(len(c.expected) for c in cases)
-    problems = compare_spark(expected, valid, quarantined, rows_in, f"landing-{cases[0].file_format}")
-    for case in cases:
-        for e in case.expected:
-            if e.outcome == "raw:kept" and not any(raw and "garbage line" in raw for raw in quarantined["raw"].to_pylist()):
-                problems.append(f"{case.name}: the unreadable line is not in any quarantined row's raw")
-    return problems
+    return compare_spark(expected, valid, quarantined, rows_in, f"landing-{cases[0].file_format}")
 
 
 @spark_only
@@ -602,18 +575,6 @@ def test_landing_files(corpus: Corpus, spark: Any, file_format: str) -> None:
     cases = [c for c in corpus.landing if c.file_format == file_format and c.known_bug is None]
     assert len(cases) >= 15
     fail_with(check_landing(spark, cases), len(cases), f"landing {file_format}")
-
-
-@spark_only
-@pytest.mark.integration
-@pytest.mark.parametrize("file_format,bug", [pytest.param("csv", "spark-field-count", marks=known("spark-field-count").marks,
-                                                          id="csv-spark-field-count"),
-                                             pytest.param("jsonl", "spark-raw-lost", marks=known("spark-raw-lost").marks,
-                                                          id="jsonl-spark-raw-lost")])
-def test_landing_files_known_bugs(corpus: Corpus, spark: Any, file_format: str, bug: str) -> None:
-    cases = [c for c in corpus.landing if c.file_format == file_format and c.known_bug == bug]
-    assert cases
-    fail_with(check_landing(spark, cases), len(cases), bug)
 
 
 # ------------------------------------------------------------------------------------------------

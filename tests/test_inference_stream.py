@@ -46,6 +46,9 @@ def _train(normal: pa.Table, seed: int, path: Path) -> tidewatch.Detector:
     return tidewatch.Detector.load(path, device="cpu")
 
 
+GARBAGE_LINE = "garbage, not a JSON object"
+
+
 def _bad_rows_file(landing: Path, template: dict) -> dict[str, str]:
     """A landing file of rows each broken in one way; returns expected reason per row's timestamp."""
     cases = {
@@ -59,10 +62,12 @@ def _bad_rows_file(landing: Path, template: dict) -> dict[str, str]:
         row[col] = value
         lines.append(json.dumps(row))
     lines.append(json.dumps(dict(template, timestamp="not a time")))
+    lines.append(GARBAGE_LINE)  # not JSON: quarantined with its text
     tmp = landing / ".bad.jsonl.tmp"
     tmp.write_text("\n".join(lines) + "\n")
     tmp.rename(landing / "zz-bad-rows.jsonl")
-    return {ts: reason for ts, (_, _, reason) in cases.items()} | {None: "malformed:timestamp"}
+    return {ts: reason for ts, (_, _, reason) in cases.items()} | {None: "malformed:timestamp",
+                                                                    GARBAGE_LINE: "malformed:json"}
 
 
 def test_stream_end_to_end(tmp_path: Path):
@@ -146,6 +151,7 @@ def test_stream_end_to_end(tmp_path: Path):
     assert pc.count_distinct(keys).as_py() == results.num_rows, "a row was written twice"
     reasons = sorted(quarantine["reason"].to_pylist())
     assert reasons == sorted(expected_reasons.values())
+    assert GARBAGE_LINE in quarantine["raw"].to_pylist()
 
     # -- same scores as one uninterrupted run, across the kill -9 and restart --------------------------
     v1 = results.filter(pc.equal(results["model_version"], first_version)).sort_by("timestamp")

@@ -408,6 +408,109 @@ def test_quarantine_counts_add_up_over_a_mixed_file(tmp_path: Path) -> None:
     assert set(counts) <= {"malformed", "nan", "field_count"}
 
 
+def test_impossible_date_is_malformed_not_rolled_over(tmp_path: Path) -> None:
+    """Once a known bug: pyarrow's strptime took 31/02/2015 as 3/3/2015 (a row kept with another time, or
+    set aside as out_of_order). A date that does not exist is malformed, named by file, line and column."""
+    lines = [body_line(local(i), good_values(i), "Normal") for i in range(5)]
+    lines[1] = body_line(" 31/02/2015 10:00:01 AM", good_values(1), "Normal")  # line 3
+    lines[3] = body_line(" 29/02/2015 10:00:03 AM", good_values(3), "Normal")  # line 5: 2015 is no leap year
+    path = write_lines(tmp_path / "feb.csv", lines)
+    with pytest.raises(InputError, match=r"feb\.csv: line 3, column 'Timestamp': malformed: cannot parse "
+                                         r"' 31/02/2015 10:00:01 AM' \(1 more bad rows"):
+        read_swat(path)
+    result = read_swat(path, on_error="quarantine")
+    got = [(r["line"], r["column"], r["reason"]) for r in result.quarantined.to_pylist()]
+    assert got == [(3, "Timestamp", "malformed"), (5, "Timestamp", "malformed")]
+    assert result.table.num_rows == 3 and result.rows_read == 5
+    # Real first days of a month, and a leap day, still read (they are the values looked at twice).
+    lines = [body_line(" 1/3/2015 10:00:00 AM", good_values(0), "Normal"),
+             body_line(" 29/02/2016 10:00:00 AM", good_values(1), "Normal"),
+             body_line(" 2/1/2016 4:30:00 PM", good_values(2), "Normal")]
+    result = read_swat(write_lines(tmp_path / "real.csv", lines), check_order=False)
+    assert result.table["timestamp"].to_pylist() == [dt.datetime(2015, 3, 1, 2, 0, tzinfo=UTC),
+                                                     dt.datetime(2016, 2, 29, 2, 0, tzinfo=UTC),
+                                                     dt.datetime(2016, 1, 2, 8, 30, tzinfo=UTC)]
+    # The same for a plant CSV's own strptime format.
+    plant = write_plant(tmp_path, "csv:\n  time_column: t\n  time_format: \"%Y-%m-%d %H:%M:%S\"\n")
+    data = tmp_path / "rig.csv"
+    data.write_text("t,a,b\n2020-02-28 10:00:00,1,2\n2020-02-30 10:00:00,1,2\n2021-04-31 10:00:00,1,2\n"
+                    "2020-03-01 10:00:00,1,2\n", encoding="utf-8")
+    result = read_plant_csv(data, plant, on_error="quarantine")
+    got = [(r["line"], r["column"], r["reason"]) for r in result.quarantined.to_pylist()]
+    assert got == [(3, "t", "malformed"), (4, "t", "malformed")]
+    assert result.table["timestamp"].to_pylist() == [dt.datetime(2020, 2, 28, 10, tzinfo=UTC),
+                                                     dt.datetime(2020, 3, 1, 10, tzinfo=UTC)]
+
+
+def test_header_only_file_without_final_newline_gives_no_rows(tmp_path: Path) -> None:
+    """Once a known bug: InputError 'cannot parse as CSV: Could not skip initial 1 rows'."""
+    result = read_swat(write_lines(tmp_path / "header.csv", [], end=""))
+    assert result.table.num_rows == 0 and result.table.schema == canonical_schema(SENSORS)
+    assert result.rows_read == 0 and result.blank_lines == 0
+    path = tmp_path / "banner.csv"  # the same under a banner line, CRLF
+    path.write_bytes(b"SWaT export\r\n" + ",".join(raw_headers()).encode())
+    assert read_swat(path).rows_read == 0
+
+
+def test_lone_carriage_return_quarantines_its_line(tmp_path: Path) -> None:
+    """Once a known bug: a lone CR split a row in two for pyarrow but not for the line count, so every
+    later line number was off by one. A lone CR (not followed by LF) does not end a line: its line is
+    damaged, quarantined as malformed in the column holding the CR, and the lines after it keep their
+    numbers."""
+    lines = [body_line(local(i), good_values(i), "Normal") for i in range(6)]
+    cut = lines[1].index(",", len(local(1)) + 1) + 3  # inside the value of LIT101
+    lines[1] = lines[1][:cut] + "\r" + lines[1][cut:]  # line 3
+    values = good_values(4)
+    values[SENSORS.index("P101")] = "abc"
+    lines[4] = body_line(local(4), values, "Normal")  # line 6
+    path = tmp_path / "cr.csv"
+    path.write_bytes(("\r\n".join([",".join(raw_headers()), *lines]) + "\r\n").encode())  # CRLF elsewhere
+    with pytest.raises(InputError, match=r"cr\.csv: line 3, column 'LIT101': malformed: a carriage return "
+                                         r"\(\\r\) inside the line"):
+        read_swat(path)
+    result = read_swat(path, on_error="quarantine")
+    got = [(r["line"], r["column"], r["reason"]) for r in result.quarantined.to_pylist()]
+    assert got == [(3, "LIT101", "malformed"), (6, "P101", "malformed")]
+    assert result.quarantined["raw"].to_pylist() == [lines[1], lines[4]]
+    assert result.table.num_rows == 4 and result.rows_read == 6 and result.blank_lines == 0
+    assert result.table["FIT101"].to_pylist() == [float(good_values(i)[0]) for i in (0, 2, 3, 5)]
+    # A file with CR-only line ends is one line: refused, naming the header line.
+    path.write_bytes(("\r".join([",".join(raw_headers()), *lines[:1]]) + "\r").encode())
+    with pytest.raises(InputError, match=r"cr\.csv: line 1: a carriage return \(\\r\) inside the header line"):
+        read_swat(path, on_error="quarantine")
+
+
+def test_stray_quote_quarantines_its_line_only(tmp_path: Path) -> None:
+    """Once a known bug: a quote opening a value swallowed the following lines into it, and those rows
+    vanished. Values cannot span lines: the line whose quote does not close is quarantined (malformed, in
+    the column the quote opens), and the lines after it are read normally. Quoted values that close on
+    their line still read."""
+    lines = [body_line(local(i), good_values(i), "Normal") for i in range(6)]
+    values = good_values(1)
+    values[SENSORS.index("AIT201")] = '"' + values[SENSORS.index("AIT201")]
+    lines[1] = body_line(local(1), values, "Normal")  # line 3
+    values = good_values(3)
+    values[SENSORS.index("FIT101")] = '"1.5"'
+    lines[3] = body_line(local(3), values, "Normal")  # line 5: quoted, closed: read
+    path = write_lines(tmp_path / "quote.csv", lines)
+    with pytest.raises(InputError, match=r"quote\.csv: line 3, column 'AIT201': malformed: a quote"):
+        read_swat(path)
+    result = read_swat(path, on_error="quarantine")
+    got = [(r["line"], r["column"], r["reason"], r["raw"]) for r in result.quarantined.to_pylist()]
+    assert got == [(3, "AIT201", "malformed", lines[1])]
+    assert result.table.num_rows == 5 and result.rows_read == 6
+    assert result.table["FIT101"].to_pylist() == [0.0, 0.25, 1.5, 0.5, 0.625]
+    # A stray quote on the last line, and one closing a value on a later line: each line on its own.
+    lines[5] = lines[5].replace(",", ',"', 1)
+    lines[4] = lines[4].replace(",", ',"', 1)
+    lines[2] = lines[2] + '"'  # a quote inside the (unquoted) label value: a malformed label
+    result = read_swat(write_lines(tmp_path / "quotes.csv", lines, end=""), on_error="quarantine")
+    got = [(r["line"], r["column"], r["reason"]) for r in result.quarantined.to_pylist()]
+    assert got == [(3, "AIT201", "malformed"), (4, "Normal/Attack", "malformed"), (6, "FIT101", "malformed"),
+                   (7, "FIT101", "malformed")]
+    assert result.table.num_rows == 2 and result.rows_read == 6
+
+
 def test_on_error_must_be_known(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="on_error"):
         read_swat(FIXTURES / "swat_quirks.csv", on_error="ignore")  # type: ignore[arg-type]

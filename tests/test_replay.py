@@ -392,21 +392,16 @@ def _spark_available() -> bool:
 def test_streaming_job_validation_accepts_every_replayed_row(tmp_path: Path, swat_table: pa.Table) -> None:
     """The landing files as the inference job reads them (all fields as strings, its validation): every
     row valid, none quarantined, values and times exact."""
-    from pyspark.sql import types as T
-
     from tidewatch.spark.session import get_session
-    from tidewatch.spark.validate import validate
+    from tidewatch.spark.validate import read_text, validate
 
     table = swat_table.slice(0, 300)
     sensors = table.schema.names[2:53]
     spark = get_session("tidewatch-test-replay", master="local[1]")
-    names = ["plant", "timestamp", *sensors, "label"]
-    schema = T.StructType([T.StructField(n, T.StringType(), True) for n in names])
     for file_format in ("csv", "jsonl"):
         landing = tmp_path / file_format
         replay_to_directory(table, landing, rows_per_file=64, file_format=file_format)  # type: ignore[arg-type]
-        reader = spark.read.schema(schema).option("mode", "PERMISSIVE")
-        df = reader.option("header", "true").csv(str(landing)) if file_format == "csv" else reader.json(str(landing))
+        df = read_text(spark.read, file_format, sensors, str(landing))  # as InferenceJob.input_stream reads them
         checked = validate(df, sensors, default_plant="swat")
         assert checked.quarantined.count() == 0, checked.quarantined.limit(3).collect()
         valid = checked.valid.orderBy("timestamp").toPandas()

@@ -10,7 +10,13 @@ Bad values, by ``reason`` in the quarantine: ``missing`` (empty cell), ``malform
 label), ``nan``, ``infinite``, ``nonexistent_local_time`` / ``ambiguous_local_time`` (a clock change in the
 source time zone), ``field_count`` (too few or too many fields: a truncated or garbled line), ``encoding``
 (not UTF-8), ``duplicate_timestamp`` and ``out_of_order`` (the first row of a time is kept; a row earlier
-than one before it is set aside).
+than one before it is set aside). A date that does not exist (31/02/2015) is ``malformed``.
+
+Lines are what an editor shows: only ``\n`` (or ``\r\n``) ends one. Two kinds of damage would make the
+CSV parser's rows differ from the file's lines, and each sets its one line aside as ``malformed`` (in the
+column where the damage is), the lines after it read normally: a lone carriage return (``\r`` not
+followed by ``\n``) inside a line, and a quote opening a value that does not close on its line (quoted
+values are read, but a value cannot span lines: plant data are numbers, times and labels).
 
 Parsing is columnar (pyarrow.csv, pyarrow.compute); Python loops run only over bad values.
 """
@@ -462,7 +468,10 @@ def _zone(name: str, source: str) -> ZoneInfo:
 def _split_header(line: str, sep: str) -> list[str]:
     import csv
 
-    fields = next(csv.reader([line], delimiter=sep), [])
+    try:
+        fields = next(csv.reader([line], delimiter=sep), [])
+    except csv.Error:  # a carriage return inside the line: split it plainly, the names will not match
+        fields = line.split(sep)
     return [f.strip() for f in fields]
 
 
@@ -533,8 +542,12 @@ def _read_text(path: Path, spec: _Spec) -> _Raw:
     for i, line_bytes in enumerate(head):
         if i + 1 in bad_lines:
             continue
-        names = _split_header(line_bytes.decode("utf-8", errors="replace").rstrip("\r"), spec.separator)
+        text = line_bytes.decode("utf-8", errors="replace").rstrip("\r")
+        names = _split_header(text, spec.separator)
         if spec.time_column in names:
+            if "\r" in text:
+                raise InputError(f"{source}: line {i + 1}: a carriage return (\\r) inside the header line (only \\n "
+                                 "or \\r\\n ends a line: a file with CR-only line ends?)")
             header_index, header = i, names
             break
         if best is None or _overlap(names, spec) > _overlap(best, spec):
@@ -554,6 +567,9 @@ def _read_text(path: Path, spec: _Spec) -> _Raw:
     positions, label_name = _match_header(header, spec, source)
     unnamed = [column_names[i] for i, n in enumerate(header) if not n]
     first_data_line = header_index + 2  # 1-based line after the header
+    # pyarrow reads the lines after the header only (so banner and header lines cannot upset it), from
+    # this byte on; a header-only file (with or without a final newline) has no rows.
+    body_start = sum(len(line) + 1 for line in head[: header_index + 1])
 
     invalid: list[tuple[int | None, int, str]] = []
 
@@ -563,11 +579,11 @@ def _read_text(path: Path, spec: _Spec) -> _Raw:
 
     def parse(use_threads: bool) -> pa.Table:
         invalid.clear()
+        if body_start >= len(data):
+            return pa.table({n: pa.array([], pa.string()) for n in column_names if n in positions or n in unnamed})
         return pacsv.read_csv(
-            pa.BufferReader(data),
-            read_options=pacsv.ReadOptions(
-                column_names=column_names, skip_rows=header_index + 1, use_threads=use_threads,
-                block_size=1 << 24),
+            pa.BufferReader(pa.py_buffer(data).slice(body_start)),
+            read_options=pacsv.ReadOptions(column_names=column_names, use_threads=use_threads, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(
                 delimiter=spec.separator, ignore_empty_lines=False, invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
@@ -576,12 +592,40 @@ def _read_text(path: Path, spec: _Spec) -> _Raw:
                 strings_can_be_null=False, quoted_strings_can_be_null=False, null_values=[]),
         )
 
+    # One row per line is what pyarrow gives for all but two kinds of damage, which it does not report:
+    # a lone carriage return ends a row inside a line, and a quote opening a value that does not close on
+    # its line swallows the following lines. Both are rare, and cheap to rule out where the bytes that
+    # cause them are absent; where present, rows are counted against lines, and if they do not match,
+    # each damaged line is quarantined (malformed) and blanked, and the rest is read again.
+    suspect = body_start < len(data) and (data.find(b"\r", body_start) >= 0 or data.find(b'"', body_start) >= 0)
     try:
-        table = parse(use_threads=True)
-        if invalid:  # row numbers of invalid rows are known only to a single-threaded read
-            table = parse(use_threads=False)
+        table: pa.Table | None = parse(use_threads=True)
     except pa.ArrowInvalid as exc:
-        raise InputError(f"{source}: cannot parse as CSV: {exc}") from exc
+        if not suspect:
+            raise InputError(f"{source}: cannot parse as CSV: {exc}") from exc
+        table = None
+    if suspect:
+        lines_in_body = _count_lines(data, body_start)
+        if table is None or table.num_rows + len(invalid) != lines_in_body:
+            damaged = _damaged_lines(data, body_start, first_data_line, header, spec.separator)
+            for line, column, text, message, _, _ in damaged:
+                rejected.append(_Rejected(line, column, "malformed", text, message))
+            data = _blank_lines(data, [(start, end) for *_, start, end in damaged])
+            bad_lines = bad_lines | {line for line, *_ in damaged}
+            lines_in_body = _count_lines(data, body_start)  # one less if the last line, unterminated, is blanked
+            try:
+                table = parse(use_threads=True)
+            except pa.ArrowInvalid as exc:
+                raise InputError(f"{source}: cannot parse as CSV: {exc}") from exc
+            if table.num_rows + len(invalid) != lines_in_body:  # not expected: refuse rather than misnumber
+                raise InputError(f"{source}: cannot parse as CSV: {table.num_rows + len(invalid)} rows in "
+                                 f"{lines_in_body} lines after the header")
+    assert table is not None
+    if invalid:  # row numbers of invalid rows are known only to a single-threaded read
+        try:
+            table = parse(use_threads=False)
+        except pa.ArrowInvalid as exc:
+            raise InputError(f"{source}: cannot parse as CSV: {exc}") from exc
 
     ends_with_newline = data.endswith(b"\n")
     total_rows = table.num_rows + len(invalid)
@@ -590,9 +634,10 @@ def _read_text(path: Path, spec: _Spec) -> _Raw:
     blank = 0
     for number, actual, text in invalid:
         assert number is not None, "single-threaded read reports row numbers"
+        number += first_data_line - 1  # pyarrow counts from the first line it reads
         invalid_lines.add(number)
         if number in bad_lines:
-            continue  # already rejected as not UTF-8 (the line was blanked)
+            continue  # already rejected (not UTF-8, or damaged) and blanked
         if not text.strip():
             blank += 1
             continue
@@ -606,7 +651,7 @@ def _read_text(path: Path, spec: _Spec) -> _Raw:
     if invalid_lines:
         lines = lines[~np.isin(lines, np.fromiter(invalid_lines, dtype=np.int64))]
 
-    # Rows with every field empty are blank lines (or lines blanked for bad encoding): not readings.
+    # Rows with every field empty are blank lines (or lines blanked above: not UTF-8, or damaged): not readings.
     columns = {n: table[n].combine_chunks() for n in table.column_names}
     empty = np.ones(table.num_rows, dtype=bool)
     for array in columns.values():
@@ -657,6 +702,94 @@ class _LineIndex:
         start = int(self._starts[number - 1])
         end = int(self._starts[number]) - 1 if number < len(self._starts) else len(self._data)
         return self._data[start:end].decode("utf-8", errors="backslashreplace").rstrip("\r")
+
+
+def _count_lines(data: bytes, start: int) -> int:
+    """Lines from byte `start` on (a last line without a newline counts)."""
+    if start >= len(data):
+        return 0
+    return data.count(b"\n", start) + (0 if data.endswith(b"\n") else 1)
+
+
+def _damaged_lines(data: bytes, body_start: int, first_line: int, header: list[str],
+                   sep: str) -> list[tuple[int, str | None, str, str, int, int]]:
+    """Lines (from byte `body_start`, numbered from `first_line`) that pyarrow would not read as one row:
+    those holding a lone carriage return (not followed by a newline), and those where a quote opens a value
+    that does not close on the line. Each as (line, column, text, message, start byte, end byte)."""
+    body = np.frombuffer(data, dtype=np.uint8)[body_start:]
+    newlines = np.flatnonzero(body == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(body)]))
+    found: dict[int, tuple[str, int]] = {}  # line index -> (kind, field or byte offset)
+    carriage = np.flatnonzero(body == 13)
+    if len(carriage):
+        after = carriage + 1
+        lone = carriage[(after < len(body)) & (body[np.minimum(after, len(body) - 1)] != 10)]
+        for position, k in zip(lone, np.searchsorted(starts, lone, side="right") - 1):
+            found.setdefault(int(k), ("cr", int(position - starts[k])))
+    quotes = np.flatnonzero(body == 34)
+    if len(quotes):
+        separator = sep.encode("utf-8")
+        for k in np.unique(np.searchsorted(starts, quotes, side="right") - 1):
+            if int(k) not in found:
+                field_index = _unclosed_quote(body[starts[k]:ends[k]].tobytes(), separator)
+                if field_index is not None:
+                    found[int(k)] = ("quote", field_index)
+
+    def column(index: int) -> str | None:
+        return header[index] if index < len(header) and header[index] else None
+
+    out = []
+    for k in sorted(found):
+        kind, where = found[k]
+        start, end = body_start + int(starts[k]), body_start + int(ends[k])
+        raw = data[start:end]
+        text = (raw[:-1] if raw.endswith(b"\r") else raw).decode("utf-8", errors="backslashreplace")
+        if kind == "cr":
+            out.append((first_line + k, column(raw[:where].count(sep.encode("utf-8"))), text,
+                        f"a carriage return (\\r) inside the line, at byte {where + 1}: a damaged line "
+                        "(only \\n or \\r\\n ends a line)", start, end))
+        else:
+            out.append((first_line + k, column(where), text,
+                        "a quote (\") opens a value that does not close on this line (the values of a line "
+                        "cannot span lines)", start, end))
+    return out
+
+
+def _unclosed_quote(line: bytes, sep: bytes) -> int | None:
+    """The field (0-based) where a quoted value opens without closing on `line`, by pyarrow's rules: a quote
+    opens a value only at the start of a field, `""` inside it is a quote, and after the closing quote
+    the field goes on unquoted. None if every quoted value closes."""
+    i, n, field_index = 0, len(line), 0
+    while True:
+        if i < n and line[i] == 34:
+            i += 1
+            while True:
+                j = line.find(b'"', i)
+                if j < 0:
+                    return field_index
+                if j + 1 < n and line[j + 1] == 34:
+                    i = j + 2
+                    continue
+                i = j + 1
+                break
+        j = line.find(sep, i)
+        if j < 0:
+            return None
+        i, field_index = j + 1, field_index + 1
+
+
+def _blank_lines(data: bytes, spans: Sequence[tuple[int, int]]) -> bytes:
+    """`data` with the bytes of each (start, end) span removed (the line breaks stay, so lines keep their
+    numbers)."""
+    if not spans:
+        return data
+    pieces, position = [], 0
+    for start, end in sorted(spans):
+        pieces.append(data[position:start])
+        position = end
+    pieces.append(data[position:])
+    return b"".join(pieces)
 
 
 def _blank_undecodable_lines(data: bytes, source: str, rejected: list[_Rejected]) -> tuple[bytes, set[int]]:
@@ -860,7 +993,7 @@ def _parse_times(array: pa.Array, formats: Sequence[str], tz: str) -> tuple[np.n
         naive = None
         strp = [f for f in formats if f != "iso"]
         for fmt in strp:
-            parsed = pc.strptime(text, format=fmt, unit="us", error_is_null=True)
+            parsed = _without_rollovers(text, pc.strptime(text, format=fmt, unit="us", error_is_null=True), fmt)
             naive = parsed if naive is None else pc.coalesce(naive, parsed)
         if "iso" in formats and (naive is None or naive.null_count):
             try:
@@ -902,6 +1035,65 @@ def _parse_times(array: pa.Array, formats: Sequence[str], tz: str) -> tuple[np.n
                 local_utc = _localize_slowly(naive, tz, codes)
         utc[local_mask] = local_utc[local_mask]
     return utc, codes
+
+
+# strptime directives as regular expressions, to find the day of the month as written (_without_rollovers).
+_DIRECTIVE_RE = {
+    "d": r"\s*(?P<day>[0-9]{1,2})", "e": r"\s*(?P<day>[0-9]{1,2})",
+    "m": r"\s*[0-9]{1,2}", "H": r"\s*[0-9]{1,2}", "I": r"\s*[0-9]{1,2}", "M": r"\s*[0-9]{1,2}",
+    "S": r"\s*[0-9]{1,2}", "y": r"\s*[0-9]{1,2}", "Y": r"\s*[+-]?[0-9]{1,4}", "j": r"\s*[0-9]{1,3}",
+    "f": r"[0-9]+", "p": r"\s*[AaPp][Mm]", "b": r"\s*[A-Za-z]+", "B": r"\s*[A-Za-z]+", "h": r"\s*[A-Za-z]+",
+    "a": r"\s*[A-Za-z]+", "A": r"\s*[A-Za-z]+", "z": r"\s*(?:Z|[+-][0-9]{2}:?[0-9]{2})", "%": "%",
+}
+
+
+def _day_pattern(fmt: str) -> str | None:
+    """A regular expression for the start of values written in strptime format `fmt`, up to the day of the
+    month, captured as `day`; None if the format has no day or, before it, a directive not listed above."""
+    parts, i = ["^"], 0
+    while i < len(fmt):
+        c = fmt[i]
+        if c == "%" and i + 1 < len(fmt):
+            directive = fmt[i + 1]
+            if directive not in _DIRECTIVE_RE:
+                return None
+            parts.append(_DIRECTIVE_RE[directive])
+            if directive in "de":
+                return "".join(parts)
+            i += 2
+        else:
+            parts.append(r"\s*" if c.isspace() else re.escape(c))
+            i += 1
+    return None
+
+
+def _without_rollovers(text: pa.Array, parsed: pa.Array, fmt: str) -> pa.Array:
+    """`parsed` (pc.strptime of `text` with `fmt`) made null where the written date does not exist.
+
+    pyarrow's strptime takes a day beyond the end of its month into the next month (31/02/2015 is
+    3/3/2015); the day it gives is then 1 to 3, not the one written. Those values are made null here,
+    so the per-value pass (Python's strptime, which refuses them) sets them aside as malformed. Only
+    values that fall on the first three days of a month are looked at: columnar, and cheap."""
+    if "%d" not in fmt and "%e" not in fmt:
+        return parsed
+    day = pc.day(parsed)
+    candidates = np.flatnonzero(_np_bool(pc.less_equal(day, 3)))
+    if not len(candidates):
+        return parsed
+    indices = pa.array(candidates)
+    pattern = _day_pattern(fmt)
+    suspect = candidates  # where the written day is unknown, the per-value pass judges
+    if pattern is not None:
+        try:
+            written = pc.struct_field(pc.extract_regex(text.take(indices), pattern), "day").cast(pa.int64())
+            suspect = candidates[~_np_bool(pc.equal(written, day.take(indices).cast(pa.int64())))]
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    if not len(suspect):
+        return parsed
+    drop = np.zeros(len(parsed), dtype=bool)
+    drop[suspect] = True
+    return pc.if_else(pa.array(drop), pa.scalar(None, parsed.type), parsed)
 
 
 _EPOCH = dt.datetime(1970, 1, 1)

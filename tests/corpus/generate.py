@@ -46,23 +46,7 @@ EPOCH = dt.datetime(1970, 1, 1)
 UTC_TYPE = pa.timestamp("us", tz="UTC")
 
 # Known bugs that some cases run into (reported, not fixed here). Keys are used in test ids.
-KNOWN_BUGS = {
-    "reader-impossible-date": "readers._parse_times: pyarrow's strptime rolls impossible dates over "
-                              "('2020-02-30 10:00:00' -> 2020-03-01, '31/02/2015 10:00:00 AM' -> 2015-03-03): the "
-                              "row is kept with another time, or set aside as out_of_order, never as malformed",
-    "reader-header-no-newline": "readers._read_text: a header-only file whose header does not end with a newline "
-                                "raises InputError 'cannot parse as CSV: Could not skip initial 1 rows' instead of "
-                                "giving no rows",
-    "reader-lone-cr": "readers._read_text: a lone '\\r' inside a line splits the row for pyarrow but not for the "
-                      "line count: rows read exceed the file's lines and every later line number is off by one",
-    "reader-quote": "readers._read_text: a '\"' opening a field swallows the following lines into one quoted value: "
-                    "those rows vanish without a quarantine entry",
-    "spark-field-count": "streaming CSV read (PERMISSIVE, no corrupt-record column): a line with too many fields "
-                         "is accepted with its extra values dropped, and one missing the last field (the label) "
-                         "is accepted unlabelled",
-    "spark-raw-lost": "Kafka/JSON lines that are not a JSON object are quarantined as 'missing:timestamp' (or "
-                      "'missing:plant') with raw='{\"plant\":...}': the message text is lost from the quarantine",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,7 +374,7 @@ SWAT_BAD_TIMES = ["garbage", "28/12/2015 13:00:00 PM", "2015-12-28 10:00:00", "2
                   "0", "28/12/2015 10:00:00 XM", "28/12/15 10:00 AM", "32/12/2015 10:00:00 AM"]
 SKAB_BAD_TIMES = ["garbage", "2020-03-09T10:14:33", "2020-03-09 25:00:00", "09/03/2020 10:14:33", "2020-03-09",
                   "2020-03-09 10:14", "NaN", "0", "2020-03-32 10:00:00"]
-# Dates that do not exist: pyarrow's strptime rolls them over into the next month (a known bug).
+# Dates that do not exist (pyarrow's strptime would roll them over into the next month): malformed.
 IMPOSSIBLE_DATES = {"swat": ["31/02/2015 10:00:00 AM", "30/02/2015 10:00:00 AM", "31/04/2015 10:00:00 AM",
                              "29/02/2015 10:00:00 AM"],
                     "skab": ["2020-02-30 10:00:00", "2020-02-31 10:00:00", "2020-04-31 10:00:00",
@@ -410,7 +394,6 @@ def k_impossible_date(d: Draft) -> None:
     for i in d.pick(1):
         d.set_cell(i, d.fmt.time_column, d.rng.choice(IMPOSSIBLE_DATES[d.fmt.target]))
         d.quarantine(i, d.fmt.time_column, "malformed")
-    d.known_bug = "reader-impossible-date"
 
 
 @text_kind(5)
@@ -672,7 +655,6 @@ def k_header_only(d: Draft) -> None:
 def k_header_only_no_newline(d: Draft) -> None:
     d.lines = []
     d.final_newline = False
-    d.known_bug = "reader-header-no-newline"
 
 
 @text_kind(2)
@@ -835,8 +817,9 @@ def k_random_truncation(d: Draft) -> None:
     d.lenient = True
 
 
-# Bytes a flip must not produce: a quote or a lone CR (known bugs, covered by their own cases).
-_AVOID = {ord('"'), ord("\r")}
+# Bytes a flip must not produce (none now: a flip to a quote or a lone CR damages its line, which the
+# readers quarantine like any other).
+_AVOID: set[int] = set()
 
 
 @text_kind(30)
@@ -873,11 +856,12 @@ def k_random_cells(d: Draft) -> None:
     d.lenient = True
 
 
-# -- known bugs ---------------------------------------------------------------------------------------
+# -- damaged lines: each is quarantined on its own line, and the lines after it read normally ---------
 
 
 @text_kind(3)
 def k_lone_cr(d: Draft) -> None:
+    """A lone carriage return inside a line does not end it: the line is quarantined (malformed)."""
     i = d.pick(1, lo=1)[0]
     text = d.line_bytes(d.lines[i])
     cut = d.rng.randint(10, len(text) - 10)
@@ -888,17 +872,16 @@ def k_lone_cr(d: Draft) -> None:
         column = d.sensor()
         d.set_cell(j, column, "abc")
         d.quarantine(j, column, "malformed")
-    d.known_bug = "reader-lone-cr"
 
 
 @text_kind(3)
 def k_quote_opens_field(d: Draft) -> None:
+    """A quote opening a value that does not close on its line: that line is quarantined (malformed)."""
     i = d.pick(1, lo=1)[0]
     column = d.sensor()
     d.set_cell(i, column, '"' + str(d.lines[i].cells[d.position(column)]))  # type: ignore[index]
     d.lines[i].outcome = ("quarantine_any",)
     d.lines[i].truth = None
-    d.known_bug = "reader-quote"
 
 
 def generate_text_cases(out: Path, rng: random.Random, scale: int = 1) -> list[TextCase]:
@@ -1290,12 +1273,14 @@ def generate_arrow_cases(rng: np.random.Generator, scale: int = 1) -> list[Arrow
 @dataclass
 class SparkExpect:
     """One input row for the Spark path: its plant key (the quarantine's `plant`) and outcome ("valid" or
-    a reason); for a valid row optionally its UTC time and sensor values, which must come out exactly."""
+    a reason); for a valid row optionally its UTC time and sensor values, which must come out exactly; for
+    a line or message that cannot be read into fields, its text, which must be the quarantined row's `raw`."""
 
     plant: str | None
     outcome: str
     time_us: int | None = None
     values: dict[str, float] | None = None
+    raw: str | None = None
 
 
 @dataclass
@@ -1444,23 +1429,31 @@ def generate_kafka_cases(rng: random.Random, default_plant: str = "swat", scale:
             del m["plant"]  # the operators' messages: the model's plant
             e.plant = default_plant
         one("plant_absent", no_plant)
+        # A value that is not a JSON object is malformed:json, its text (as Spark decodes it) the raw; an
+        # object without fields is a message that lacks them.
         for raw in (b"not json", b"", b"[1,2]", b"null", b"{}", b'"str"', b"42", b"\xff\xfe{}", b"{\"Timestamp\":",
-                    b"\x00" * 10, "{\"Timestamp\":\"\u00e9\"".encode()):
+                    b"\x00" * 10, "{\"Timestamp\":\"\u00e9\"".encode(), b"[{}]", b"[]", b" ", b"\n"):
             def not_a_message(m: dict[str, Any], e: SparkExpect, _: str, raw: bytes = raw) -> bytes:
-                e.plant, e.outcome, e.time_us, e.values = default_plant, "missing:timestamp", None, None
+                e.plant, e.time_us, e.values = default_plant, None, None
+                if raw == b"{}":
+                    e.outcome = "missing:timestamp"
+                else:
+                    e.outcome, e.raw = "malformed:json", raw.decode("utf-8", "replace")
                 return raw
             one("not_a_json_object", not_a_message)
         for _ in range(3):
             def truncated(m: dict[str, Any], e: SparkExpect, _: str) -> bytes:
                 text = json.dumps(m).encode()
-                e.plant, e.outcome, e.time_us, e.values = default_plant, "missing:timestamp", None, None
-                return text[: rng.randint(1, len(text) - 2)]
+                text = text[: rng.randint(1, len(text) - 2)]
+                e.plant, e.outcome, e.time_us, e.values, e.raw = default_plant, "malformed:json", None, None, text.decode()
+                return text
             one("truncated_message", truncated)
         for _ in range(2):  # the raw text of a message that is not JSON reaches the quarantine
-            def lost(m: dict[str, Any], e: SparkExpect, _: str) -> bytes:
-                e.plant, e.outcome, e.time_us, e.values = default_plant, "raw:kept", None, None
-                return b"garbage message " + str(rng.random()).encode()
-            one("raw_kept", lost, "spark-raw-lost")
+            def garbage(m: dict[str, Any], e: SparkExpect, _: str) -> bytes:
+                text = "garbage message " + str(rng.random())
+                e.plant, e.outcome, e.time_us, e.values, e.raw = default_plant, "malformed:json", None, None, text
+                return text.encode()
+            one("raw_kept", garbage)
         for _ in range(4):  # the same reading twice, then once more later: the later copies are set aside
             name, t = new("duplicate")
             message, expect = _kafka_base(name, rng, t, sensors)
@@ -1490,12 +1483,15 @@ def generate_landing_cases(out: Path, rng: random.Random, scale: int = 1) -> lis
         buggy = out / f"landing-{file_format}-known-bugs"
 
         def write(kind: str, mutate: Callable[[list[bytes], list[SparkExpect], str], Any],
-                  known_bug: str | None = None) -> None:
+                  known_bug: str | None = None, optional: bool = False) -> None:
             name = f"landing{file_format}-{kind}-{counter[0]:03d}"
             start = 1_451_289_600 + counter[0] * 1000
             counter[0] += 1
             n = rng.randint(3, 12)
             table = canonical_table(n, nrng, plant=name, start_s=start)
+            if optional:  # the canonical optional columns after the label, as simulated data has them
+                table = table.append_column("attack_id", pa.array([0] * (n - 1) + [2], pa.int32()))
+                table = table.append_column("attacked_points", pa.array([""] * (n - 1) + ["LIT101;MV101"]))
             target = buggy if known_bug else directory
             sink = DirectorySink(target, file_format, prefix=name, fsync=False)  # type: ignore[arg-type]
             path = Path(sink.write(table))
@@ -1546,16 +1542,16 @@ def generate_landing_cases(out: Path, rng: random.Random, scale: int = 1) -> lis
             write("duplicate_row", duplicates)
 
             def truncated_end(rows: list[bytes], exp: list[SparkExpect], _: str) -> bytes:
-                # Cut inside the sensors of the last line: its later sensors are missing.
+                # Cut inside the sensors of the last line: too few fields, or not JSON any more.
                 last = rows[-1]
                 if file_format == "csv":
                     fields = last.split(b",")
                     k = rng.randint(3, 40)
                     cut = b",".join(fields[:k]) + b","
-                    exp[-1] = SparkExpect(exp[-1].plant, f"missing:{sensors[k - 2]}")
-                else:  # not JSON any more: a row of nulls
+                    exp[-1] = SparkExpect(exp[-1].plant, "field_count", raw=cut.decode())
+                else:
                     cut = last[: rng.randint(10, len(last) - 2)]
-                    exp[-1] = SparkExpect(None, "missing:plant")
+                    exp[-1] = SparkExpect(None, "malformed:json", raw=cut.decode())
                 return b"".join(r + b"\n" for r in rows[:-1]) + cut
             write("truncated_last_line", truncated_end)
 
@@ -1568,8 +1564,8 @@ def generate_landing_cases(out: Path, rng: random.Random, scale: int = 1) -> lis
                 i = rng.randrange(len(rows))
                 s = rng.choice(sensors)
                 rows[i] = _inject_bytes(rows[i], file_format, sensors, s)
-                exp[i] = (SparkExpect(exp[i].plant, f"malformed:{s}") if file_format == "csv"
-                          else SparkExpect(None, "missing:plant"))  # not JSON any more: a row of nulls
+                exp[i] = (SparkExpect(exp[i].plant, f"malformed:{s}") if file_format == "csv"  # not JSON any more
+                          else SparkExpect(None, "malformed:json", raw=rows[i].decode("utf-8", "replace")))
             write("non_utf8", non_utf8)
 
             def accepted(rows: list[bytes], exp: list[SparkExpect], _: str) -> None:
@@ -1587,25 +1583,58 @@ def generate_landing_cases(out: Path, rng: random.Random, scale: int = 1) -> lis
                     fields = rows[i].split(b",")
                     fields.insert(rng.randint(3, len(fields) - 1), b"5")
                     rows[i] = b",".join(fields)
-                    exp[i] = SparkExpect(exp[i].plant, "field_count")
+                    exp[i] = SparkExpect(exp[i].plant, "field_count", raw=rows[i].decode())
                 else:
                     obj = json.loads(rows[i])
                     obj["FOO"] = 1  # an extra key in a JSON object is harmless
                     rows[i] = json.dumps(obj).encode()
-            write("extra_field", extra_field, "spark-field-count" if file_format == "csv" else None)
+            write("extra_field", extra_field)
 
             if file_format == "csv":
                 def missing_label(rows: list[bytes], exp: list[SparkExpect], _: str) -> None:
                     i = rng.randrange(len(rows))
                     rows[i] = rows[i].rsplit(b",", 1)[0]
-                    exp[i] = SparkExpect(exp[i].plant, "field_count")
-                write("missing_last_field", missing_label, "spark-field-count")
+                    exp[i] = SparkExpect(exp[i].plant, "field_count", raw=rows[i].decode())
+                write("missing_last_field", missing_label)
+
+                # Columns after the label (the replayer writes attack_id, attacked_points when the table has
+                # them) are no extra fields: a line's fields are counted against its file's header.
+                write("optional_columns", lambda rows, exp, name: None, optional=True)
+
+                def optional_field_count(rows: list[bytes], exp: list[SparkExpect], _: str) -> None:
+                    i, j = rng.sample(range(len(rows)), 2)
+                    fields = rows[i].split(b",")
+                    fields.insert(rng.randint(3, len(fields) - 1), b"5")
+                    rows[i] = b",".join(fields)
+                    rows[j] = rows[j].rsplit(b",", 1)[0]
+                    for k in (i, j):
+                        exp[k] = SparkExpect(exp[k].plant, "field_count", raw=rows[k].decode())
+                write("optional_columns_field_count", optional_field_count, optional=True)
+
+                def stray_quote(rows: list[bytes], exp: list[SparkExpect], _: str) -> None:
+                    i = rng.randrange(len(rows))
+                    rows[i] = cell(rows[i], rng.choice(sensors), rng.choice(['"5.1', '5"1', '"5,1']))
+                    exp[i] = SparkExpect(exp[i].plant, "field_count", raw=rows[i].decode())
+                write("stray_quote", stray_quote)
+
+                def quoted_comma(rows: list[bytes], exp: list[SparkExpect], _: str) -> None:
+                    i = rng.randrange(len(rows))
+                    s = rng.choice(sensors)
+                    rows[i] = cell(rows[i], s, '"1,5"')  # one field holding a comma: not a number
+                    exp[i] = SparkExpect(exp[i].plant, f"malformed:{s}")
+                write("quoted_comma", quoted_comma)
             else:
                 def not_json(rows: list[bytes], exp: list[SparkExpect], _: str) -> None:
                     i = rng.randrange(len(rows))
                     rows[i] = b"garbage line"
-                    exp[i] = SparkExpect(None, "raw:kept")
-                write("raw_kept", not_json, "spark-raw-lost")
+                    exp[i] = SparkExpect(None, "malformed:json", raw="garbage line")
+                write("not_json", not_json)
+
+                def not_an_object(rows: list[bytes], exp: list[SparkExpect], _: str) -> None:
+                    for i in rng.sample(range(len(rows)), min(2, len(rows))):
+                        rows[i] = rng.choice([b"null", b"42", b'"str"', b"[1,2]", b"[]", b"true", b"{\"plant\": "])
+                        exp[i] = SparkExpect(None, "malformed:json", raw=rows[i].decode())
+                write("not_a_json_object", not_an_object)
     return cases
 
 

@@ -298,8 +298,6 @@ class InferenceJob:
 
     # -- the stream -----------------------------------------------------------------------------------
     def input_stream(self):
-        from pyspark.sql import types as T
-
         args = self.args
         spark = self.spark
         if args.source == "kafka":
@@ -324,14 +322,11 @@ class InferenceJob:
             from pyspark.sql.pandas.types import from_arrow_schema
 
             return reader.schema(from_arrow_schema(pq.read_schema(files[0]))).parquet(args.landing_dir)
-        # Text sources are read as strings so that bad values are quarantined with a reason, not nulled.
-        names = ["plant", "timestamp", *self.sensors.sensors, "label"]
-        schema = T.StructType([T.StructField(n, T.StringType(), True) for n in names])
-        if args.file_format == "csv":
-            return reader.schema(schema).option("header", "true").option("mode", "PERMISSIVE").csv(args.landing_dir)
-        # JSON fields are matched by name: a missing field is null (quarantined as missing:NAME), an extra
-        # one is ignored, and a number read into a string column keeps its text for validation to parse.
-        return reader.schema(schema).option("mode", "PERMISSIVE").json(args.landing_dir)
+        # Text sources are read as strings so that bad values are quarantined with a reason, not nulled; a
+        # line that cannot be read into fields is quarantined with its text (validate.read_text).
+        from tidewatch.spark.validate import read_text
+
+        return read_text(reader, args.file_format, self.sensors.sensors, args.landing_dir)
 
     def run(self) -> list[BatchSummary]:
         args = self.args

@@ -13,6 +13,14 @@ TIMESTAMP = "timestamp"
 LABEL = "label"
 REASON = "reason"
 ROW_ID = "_tw_row"
+# A source's rows that could not be read into fields at all carry the input's text in UNPARSED and the
+# reason in UNPARSED_REASON (both null for rows that were read): `field_count` for a CSV line whose
+# fields do not match its file's header, `malformed:json` for a JSON line or Kafka message that is not a
+# JSON object. The quarantine keeps that text as the row's `raw`.
+UNPARSED = "_tw_unparsed"
+UNPARSED_REASON = "_tw_unparsed_reason"
+FIELD_COUNT = "field_count"
+MALFORMED_JSON = "malformed:json"
 
 # Text that may be read as a number: decimal notation only (Spark's cast would also take Java forms such
 # as '1d' or '0x1p3', which no plant writes and the file readers reject).
@@ -59,10 +67,18 @@ def validate(df: DataFrame, sensors: list[str], default_plant: str,
     """Types and checks `df` (any mix of string and typed columns). Extra columns are ignored; a missing
     sensor column makes every row quarantined as `missing_column:NAME`."""
     fields = {f.name: f.dataType for f in df.schema.fields}
+    unparsed = UNPARSED_REASON in fields
+    fields = {n: t for n, t in fields.items() if n not in (UNPARSED, UNPARSED_REASON)}
     df = df.withColumn(ROW_ID, F.monotonically_increasing_id())
     raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in fields]))
 
     reasons: list[Column] = []
+    if unparsed:
+        # First: a line that was not read into fields has nothing else worth naming, and its text is
+        # all there is to keep (as valid UTF-8: Spark passes a source's bytes through as they are).
+        reasons.append(F.col(UNPARSED_REASON))
+        text = F.make_valid_utf8(F.coalesce(F.col(UNPARSED), F.lit("")))
+        raw = F.when(F.col(UNPARSED_REASON).isNotNull(), text).otherwise(raw)
     plant = F.col(PLANT).cast(T.StringType()) if PLANT in fields else F.lit(default_plant)
     plant = F.when(F.trim(plant) == "", F.lit(None)).otherwise(F.trim(plant))
     reasons.append(F.when(plant.isNull(), F.lit("missing:plant")))
@@ -117,6 +133,87 @@ def validate(df: DataFrame, sensors: list[str], default_plant: str,
     valid = typed.where(F.col(REASON).isNull()).drop(REASON, "raw")
     quarantined = typed.where(F.col(REASON).isNotNull()).select(PLANT, TIMESTAMP, REASON, "raw")
     return Validated(valid, quarantined, typed)
+
+
+_BLANK = r"^\s*$"
+
+
+def read_text(reader, file_format: str, sensors: list[str], path: str) -> DataFrame:
+    """Reads landing files of `file_format` ('csv' or 'jsonl'/'json') with `reader` (a DataStreamReader,
+    or a DataFrameReader for a batch read) into the columns `validate` takes, every field a string (so that
+    bad values are quarantined with a reason, not nulled). Blank lines carry no reading and are skipped.
+
+    CSV: see `parse_csv_files`. JSON lines: one reading per line, fields matched by name (see `parse_json`).
+    The lines are read as text and parsed like Kafka messages rather than with Spark's JSON source, which
+    turns a line holding an array into one row per element, or none at all for '[]': a line would vanish
+    unaccounted for."""
+    if file_format == "csv":
+        return parse_csv_files(reader.text(path, wholetext=True), sensors)
+    lines = reader.text(path)
+    lines = lines.where(~F.col("value").rlike(_BLANK))
+    return parse_json(lines, "value", [PLANT, TIMESTAMP, *sensors, LABEL])
+
+
+def _csv_field_count(line: Column) -> Column:
+    """Fields in a CSV line ('"'-quoted fields may hold commas; '""' is a quote inside one), or -1 when its
+    quotes do not pair up (a quoted value cut by a line break, or a stray quote): its fields are unknown."""
+    unquoted = F.regexp_replace(line, r'"[^"]*"', "")
+    return F.when(unquoted.contains('"'), F.lit(-1)).otherwise(F.size(F.split(unquoted, ",")))
+
+
+def parse_csv_files(files: DataFrame, sensors: list[str]) -> DataFrame:
+    """CSV landing files, one row per file in `files`' `value` (Spark's text source with `wholetext`),
+    into the columns `validate` takes: one row per line after the header (the file's first line that is not
+    blank), its columns in canonical order (plant, timestamp, sensors, label) by position, as the replayer
+    writes them; columns after the label (the replayer's attack_id, attacked_points) are ignored.
+
+    A line whose number of fields differs from its file's header (a field added or lost: its values would
+    be read into the wrong columns, or its label lost), or that has fewer fields than the canonical columns,
+    is quarantined as `field_count` with its text. Spark's CSV source cannot tell: it ignores the header,
+    and its corrupt-record column marks lines by the schema's length, which a file with the optional
+    columns after the label exceeds on every line. Files are read whole: a landing file must fit in memory."""
+    names = [PLANT, TIMESTAMP, *sensors, LABEL]
+    lines = F.filter(F.split(F.col("value"), r"\r\n|\r|\n"), lambda line: ~line.rlike(_BLANK))
+    per_file = files.select(
+        F.filter(lines, lambda _, i: i > 0).alias("_tw_line"),
+        _csv_field_count(F.element_at(lines, 1)).alias("_tw_header_fields"),
+    )
+    # Each line paired with its header's field count before the explode: an expression of the whole file
+    # left to after it would be evaluated again for every line.
+    rows = per_file.select(F.inline(F.arrays_zip(
+        "_tw_line", F.array_repeat("_tw_header_fields", F.size("_tw_line")).alias("_tw_header_fields"))))
+    ddl = ", ".join(f"`{n.replace('`', '``')}` STRING" for n in names)
+    parsed = rows.select("_tw_line", "_tw_header_fields", F.from_csv(F.col("_tw_line"), ddl).alias("_tw_csv"))
+    count = _csv_field_count(F.col("_tw_line"))
+    bad = (count != F.col("_tw_header_fields")) | (count < F.lit(len(names)))
+    return parsed.select(
+        *[F.col("_tw_csv").getField(n).alias(n) for n in names],
+        F.when(bad, F.col("_tw_line")).alias(UNPARSED),
+        F.when(bad, F.lit(FIELD_COUNT)).alias(UNPARSED_REASON),
+    )
+
+
+def parse_json(df: DataFrame, text_column: str, names: list[str]) -> DataFrame:
+    """One row per row of `df`: the fields `names` (as strings) of the JSON object in `text_column` (text
+    or UTF-8 bytes), and UNPARSED / UNPARSED_REASON. Fields are matched by name: a missing field is null
+    (quarantined as missing:NAME), an extra one is ignored, a number or other JSON value read into a string
+    field keeps its JSON text for validation to parse. A text that is not a JSON object (not JSON, an array,
+    a bare string, number or null, empty) is `malformed:json` with the text kept; an object lacking fields
+    ('{}') is a reading that lacks them."""
+    schema = T.StructType([T.StructField(n, T.StringType(), True) for n in [*names, UNPARSED]])
+    text = F.col(f"`{text_column}`").cast(T.StringType())
+    parsed = df.select(
+        text.alias("_tw_text"),
+        F.from_json(text, schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": UNPARSED}).alias("_tw_json"),
+    )
+    # from_json fills the corrupt-record field for text it cannot read as an object, and gives no struct at
+    # all for an empty or null text.
+    unreadable = F.col("_tw_json").isNull() | F.col("_tw_json").getField(UNPARSED).isNotNull()
+    return parsed.select(
+        *[F.col("_tw_json").getField(n).alias(n) for n in names],
+        F.when(unreadable, F.coalesce(F.col("_tw_text"), F.lit(""))).alias(UNPARSED),
+        F.when(unreadable, F.lit(MALFORMED_JSON)).alias(UNPARSED_REASON),
+    )
 
 
 def _parse_label(col: Column, dtype: T.DataType) -> Column:
