@@ -29,21 +29,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def process_group_rss(pgid: int) -> dict[str, float]:
-    """Resident MB of each process in the group, keyed 'pid:name'."""
-    out = {}
+def process_tree_rss(root: int) -> dict[str, float]:
+    """Resident MB of `root` and every process below it, keyed 'pid:name'. By parentage, not process
+    group: PySpark's worker daemon starts a group of its own, and the workers are where scoring runs."""
+    parent, names = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:  # field 5 of stat: process group
-                continue
-            status = (stat.parent / "status").read_text()
-            name = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+            text = stat.read_text()
+            name, rest = text.split("(", 1)[1].rsplit(")", 1)
+            parent[int(stat.parent.name)] = int(rest.split()[1])  # field 4 of stat: parent pid
+            names[int(stat.parent.name)] = name
         except (OSError, IndexError, ValueError):
+            continue
+    tree, grew = {root}, True
+    while grew:
+        below = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= below
+        grew = bool(below)
+    out = {}
+    for pid in tree:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
             continue
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
-                out[f"{stat.parent.name}:{name}"] = int(line.split()[1]) / 1024
+                out[f"{pid}:{names.get(pid, '?')}"] = int(line.split()[1]) / 1024
     return out
 
 
@@ -153,7 +164,7 @@ def main() -> int:
         while time.monotonic() < deadline:
             if job.poll() is not None:
                 raise SystemExit(f"inference.py exited with {job.returncode}; see {work / 'inference.log'}")
-            per_process = process_group_rss(job.pid)
+            per_process = process_tree_rss(job.pid)
             samples.append((time.monotonic() - started, sum(per_process.values()), per_process))
             prune_results()
             if time.monotonic() >= next_report:
