@@ -10,8 +10,11 @@ Phases, each `--seconds` long, on a SWaT-sized registry (51 sensors, every serie
   3. scoring + storm      the same while the storm runs: slowdown of scoring and apply_batch latency.
                           Phases 2 and 3 alternate `--rounds` times; the medians are compared.
 
-On a small shared machine the client processes compete with scoring for the same cores, so phase 3's
-slowdown is an upper bound on what the endpoint itself costs; phase 1's CPU figure is the endpoint's own.
+With --pin (the default on 2+ cores) the scoring process, libtorch on one thread and the endpoint's
+threads with it, runs on CPU 0 and the scraping clients on CPU 1: in production Prometheus scrapes from
+another machine, so the clients' own CPU must not be charged to the endpoint, while the endpoint still
+shares its core with scoring (the worst case). Without pinning, the clients compete with scoring for the
+same cores and phase 3's slowdown is an upper bound; phase 1's CPU figure is the endpoint's own.
 
     python bench/bench_metrics.py [--rate 1000] [--seconds 30] [--clients 2] [--rounds 3] [--json bench/out/bench_metrics.json]
 """
@@ -31,8 +34,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
-def client(port: int, rate: float, seconds: float, start_at: float, out: Any) -> None:
+def client(port: int, rate: float, seconds: float, start_at: float, out: Any, cpus: set[int] | None = None) -> None:
     """Paced scrapes on one keep-alive connection (a new one after an error); sends (latency, ok) pairs."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     latencies: list[float] = []
     errors = 0
     cpu0 = sum(os.times()[:2])
@@ -74,12 +79,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 class Storm:
-    def __init__(self, port: int, rate: float, seconds: float, clients: int):
+    def __init__(self, port: int, rate: float, seconds: float, clients: int, cpus: set[int] | None = None):
         ctx = mp.get_context("spawn")  # never fork a process running the server's threads
         self.queue = ctx.Queue()
         self.start_at = time.time() + 1.5  # let the spawned interpreters come up
         self.seconds = seconds
-        self.procs = [ctx.Process(target=client, args=(port, rate / clients, seconds, self.start_at, self.queue))
+        self.procs = [ctx.Process(target=client, args=(port, rate / clients, seconds, self.start_at, self.queue, cpus))
                       for _ in range(clients)]
         for p in self.procs:
             p.start()
@@ -111,7 +116,7 @@ def scoring_setup(rows: int) -> tuple[Any, list[Any]]:
 
     train_rows = swat_like(4000, seed=1)
     model = tidewatch.train(record_batches(train_rows, 4000), epochs=1, progress=None)
-    detector = model.detector()
+    detector = model.detector(threads=1)
     return detector, record_batches(swat_like(rows, seed=2), 2000)
 
 
@@ -148,7 +153,10 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="scrapes per second, all clients together")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
     p.add_argument("--clients", type=int, default=2, help="client processes")
-    p.add_argument("--rounds", type=int, default=3, help="alternating scoring runs without and with the storm")
+    p.add_argument("--rounds", type=int, default=6, help="alternating scoring runs without and with the storm")
+    p.add_argument("--score-seconds", type=float, default=10.0, help="length of each scoring run (default 10)")
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
+                   help="scoring and endpoint on CPU 0, scraping clients on CPU 1 (default on 2+ cores)")
     p.add_argument("--no-scoring", action="store_true", help="only phase 1")
     p.add_argument("--json", type=Path, default=HERE / "out" / "bench_metrics.json")
     args = p.parse_args()
@@ -156,6 +164,10 @@ def main() -> int:
     # libtorch's OpenMP threads spin while waiting; on a small machine shared with other work that makes
     # scoring speed swing several-fold with whatever else runs, hiding the effect measured here.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    client_cpus = None
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # before any thread starts: the server's and libtorch's inherit it
+        client_cpus = {1}
     import tidewatch
 
     sensors = tidewatch.SensorSet.swat()
@@ -178,7 +190,7 @@ def main() -> int:
     print(f"exposition: {len(body)} bytes, {report['exposition_lines']} lines; render {report['render_ms']:.3f} ms, "
           f"{report['render_unchanged_ms']:.3f} ms when nothing changed")
 
-    storm = Storm(server.port, args.rate, args.seconds, args.clients)
+    storm = Storm(server.port, args.rate, args.seconds, args.clients, client_cpus)
     storm.wait_start()
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     time.sleep(args.seconds)
@@ -196,10 +208,10 @@ def main() -> int:
         # Alternate quiet and storm runs so that other load on the machine hits both alike.
         quiet_runs, busy_runs, storms = [], [], []
         for _ in range(args.rounds):
-            quiet_runs.append(score_for(detector, batches, registry, args.seconds))
-            storm = Storm(server.port, args.rate, args.seconds, args.clients)
+            quiet_runs.append(score_for(detector, batches, registry, args.score_seconds))
+            storm = Storm(server.port, args.rate, args.score_seconds, args.clients, client_cpus)
             storm.wait_start()
-            busy_runs.append(score_for(detector, batches, registry, args.seconds))
+            busy_runs.append(score_for(detector, batches, registry, args.score_seconds))
             storms.append(storm.result())
         quiet = statistics.median(r["rows_per_s"] for r in quiet_runs)
         busy = statistics.median(r["rows_per_s"] for r in busy_runs)
@@ -215,6 +227,7 @@ def main() -> int:
               f"the clients used {statistics.median(r['client_cpu_cores'] for r in storms):.2f} cores of {os.cpu_count()}")
     server.stop()
     report["cpu_count"] = os.cpu_count()
+    report["pinned"] = bool(args.pin)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"written {args.json}")
