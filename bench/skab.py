@@ -126,6 +126,28 @@ LSTM_VAE_SETTINGS: dict[str, Any] = {
 }
 
 
+# The alarm rule of SKAB's own leaderboard notebooks (e.g. notebooks/Conv_AE.ipynb, the best published
+# entry): the limit is 4/3 of the 0.999 quantile of the training rows' scores, and a row is an outlier
+# only when every window covering it is above the limit. That looks ahead LEADERBOARD_WINDOW-1 rows, so
+# it is an offline rule (a live job would raise the alarm that much later). Every method is reported
+# under it too, as its own line beside its own rule, from the same fitted models and scores; the window
+# is tidewatch's (30 rows) for all of them, fixed before any run.
+LEADERBOARD_QUANTILE = 0.999
+LEADERBOARD_MARGIN = 4 / 3
+LEADERBOARD_WINDOW = 30
+
+
+def leaderboard_flags(scores: np.ndarray, limit: float, window: int) -> np.ndarray:
+    """Rows whose every covering window scores above `limit`. Row i's score is the window ending at it
+    (docs/scoring-contract.md), so the windows covering row i are those of rows i .. i+window-1; the last
+    window-1 rows, not covered by enough windows, are not flagged (as in the notebooks)."""
+    above = np.asarray(scores) > limit
+    flags = np.zeros(len(above), dtype=bool)
+    if len(above) >= window:
+        flags[: len(above) - window + 1] = np.lib.stride_tricks.sliding_window_view(above, window).all(axis=1)
+    return flags
+
+
 class LstmVaeMethod:
     """tidewatch's LSTM-VAE behind the baselines' interface.
 
@@ -142,13 +164,13 @@ class LstmVaeMethod:
         self.threshold = math.nan
 
     @staticmethod
-    def _batch(values: np.ndarray, n_context: int = 0) -> Any:
+    def _batch(values: np.ndarray, n_context: int = 0, plant: str = "skab") -> Any:
         import pyarrow as pa
 
         # SKAB's own timestamps have gaps; the model only passes them through, so 1 s steps do
         times = np.datetime64("2020-01-01T00:00:00", "us") + np.arange(len(values)) * np.timedelta64(1, "s")
         columns: dict[str, Any] = {
-            "plant": pa.array(["skab"] * len(values)),
+            "plant": pa.array([plant] * len(values)),
             "timestamp": pa.array(times, type=pa.timestamp("us", tz="UTC")),
         }
         for i, sensor in enumerate(SENSORS):
@@ -166,14 +188,22 @@ class LstmVaeMethod:
         model = tidewatch.train(self._batch(train), self.settings, sensors=packaged_plant_file("skab"),
                                 progress=None)
         self.scorer = model.detector(device=self.settings.get("device", "cpu"), threads=self.settings.get("threads"))
-        window = int(self.scorer.window)
-        self.context = train[-(window - 1):] if window > 1 else train[:0]
+        self.window = int(self.scorer.window)
+        self.context = train[-(self.window - 1):] if self.window > 1 else train[:0]
+        # under a plant key of its own: the scorer carries each plant's stream on, and the test rows that
+        # follow start again at the first timestamp (first window-1 rows: NaN, not yet a full window)
+        self.train_scores = self._scores(self.scorer.score(self._batch(train, plant="skab-training-rows")))
         return self
+
+    @staticmethod
+    def _scores(out: Any) -> np.ndarray:
+        out = out.to_pydict() if hasattr(out, "to_pydict") else out
+        return np.array([np.nan if v is None else v for v in out["score"]], dtype=np.float64)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         out = self.scorer.score(self._batch(np.vstack([self.context, x]), n_context=len(self.context)))
         out = out.to_pydict() if hasattr(out, "to_pydict") else out
-        scores = np.array([np.nan if v is None else v for v in out["score"]], dtype=np.float64)
+        scores = self._scores(out)
         if scores.shape != (len(x),) or not np.isfinite(scores).all():
             statuses = sorted({str(v) for v in out.get("status", [])})
             raise RuntimeError(
@@ -221,11 +251,18 @@ def _normalised(scores: np.ndarray, threshold: float) -> np.ndarray:
     return scores - threshold + 1.0
 
 
-def run_method(key: str, factory: Callable[[], Any], files: list[SkabFile], train_rows: int) -> dict[str, Any]:
+def _file_figures(skab_file: SkabFile, threshold: float, flags: np.ndarray, train_rows: int) -> dict[str, Any]:
     from tidewatch.evaluation import confusion_counts
 
+    counts = confusion_counts(flags, skab_file.labels[train_rows:])
+    return {"file": skab_file.name, "threshold": threshold, "f1": counts.f1, "far_pct": counts.far_pct,
+            "mar_pct": counts.mar_pct, "flagged": int(flags.sum())}
+
+
+def run_method(key: str, factory: Callable[[], Any], files: list[SkabFile], train_rows: int) -> dict[str, Any]:
     started = time.perf_counter()
     scores, flags, thresholds, per_file = [], [], [], []
+    rule: dict[str, Any] = {"scores": [], "flags": [], "per_file": []}  # the leaderboard's rule
     name = key
     for skab_file in files:
         detector = factory()
@@ -237,21 +274,31 @@ def run_method(key: str, factory: Callable[[], Any], files: list[SkabFile], trai
         if not math.isfinite(threshold):
             raise RuntimeError(f"{name}: no finite threshold after fitting {skab_file.name}")
         file_flags = file_scores > threshold
-        counts = confusion_counts(file_flags, skab_file.labels[train_rows:])
-        per_file.append(
-            {"file": skab_file.name, "threshold": threshold, "f1": counts.f1, "far_pct": counts.far_pct,
-             "mar_pct": counts.mar_pct, "flagged": int(file_flags.sum())}
-        )
+        per_file.append(_file_figures(skab_file, threshold, file_flags, train_rows))
         scores.append(_normalised(file_scores, threshold))
         flags.append(file_flags)
         thresholds.append(threshold)
+        # the same scores under the leaderboard's rule
+        train_scores = getattr(detector, "train_scores", None)
+        if train_scores is None:
+            train_scores = np.asarray(detector.score(train), dtype=np.float64)
+        train_scores = train_scores[np.isfinite(train_scores)]
+        limit = float(np.quantile(train_scores, LEADERBOARD_QUANTILE)) * LEADERBOARD_MARGIN
+        rule_flags = leaderboard_flags(file_scores, limit, LEADERBOARD_WINDOW)
+        rule["per_file"].append(_file_figures(skab_file, limit, rule_flags, train_rows))
+        rule["scores"].append(_normalised(file_scores, limit))
+        rule["flags"].append(rule_flags)
+    seconds = time.perf_counter() - started
+    rule.update(key=f"{key}+leaderboard-rule", name=f"{name}, leaderboard rule", seconds=seconds,
+                scores=np.concatenate(rule["scores"]), flags=np.concatenate(rule["flags"]))
     return {
         "key": key,
         "name": name,
         "scores": np.concatenate(scores),
         "flags": np.concatenate(flags),
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         "per_file": per_file,
+        "variants": [rule],
     }
 
 
@@ -260,26 +307,26 @@ def _cell(value: float | None, digits: int) -> str:
 
 
 def format_table(results: list[dict[str, Any]], reference: dict[str, Any]) -> str:
-    header = (f"{'method':<28}{'source':<11}{'F1':>6}{'FAR %':>8}{'MAR %':>8}{'events':>9}{'delay s':>9}"
+    header = (f"{'method':<40}{'source':<11}{'F1':>6}{'FAR %':>8}{'MAR %':>8}{'events':>9}{'delay s':>9}"
               f"{'PR-AUC':>8}{'PA-F1*':>8}{'time s':>8}")
     lines = [header, "-" * len(header)]
     for result in results:
         if "error" in result:
-            lines.append(f"{result['name']:<28}{'this run':<11}  FAILED: {result['error']}")
+            lines.append(f"{result['name']:<40}{'this run':<11}  FAILED: {result['error']}")
             continue
         r = result["report"]
         events = f"{r['n_events_detected']}/{r['n_events']}"
         lines.append(
-            f"{result['name']:<28}{'this run':<11}{_cell(r['f1'], 2):>6}{_cell(r['far_pct'], 2):>8}"
+            f"{result['name']:<40}{'this run':<11}{_cell(r['f1'], 2):>6}{_cell(r['far_pct'], 2):>8}"
             f"{_cell(r['mar_pct'], 2):>8}{events:>9}{_cell(r['delay_seconds_median'], 0):>9}"
             f"{_cell(r['pr_auc'], 3):>8}{_cell(r['inflated_point_adjusted_f1'], 2):>8}{result['seconds']:>8.2f}"
         )
     lines.append(
-        f"{'(flag every row)':<28}{'reference':<11}{_cell(reference['f1'], 2):>6}{_cell(reference['far_pct'], 2):>8}"
+        f"{'(flag every row)':<40}{'reference':<11}{_cell(reference['f1'], 2):>6}{_cell(reference['far_pct'], 2):>8}"
         f"{_cell(reference['mar_pct'], 2):>8}"
     )
     for name, f1, far, mar in PUBLISHED:
-        lines.append(f"{name:<28}{'published':<11}{f1:>6.2f}{_cell(far, 2):>8}{_cell(mar, 2):>8}")
+        lines.append(f"{name:<40}{'published':<11}{f1:>6.2f}{_cell(far, 2):>8}{_cell(mar, 2):>8}")
     lines.append(
         "events: labelled events with >= 1 flag inside; delay s: median seconds from event start to first flag;"
     )
@@ -345,20 +392,22 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             results.append({"key": key, "name": key, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        report = evaluate(labels, flags=run["flags"], scores=run["scores"], timestamps=timestamps,
-                          boundaries=boundaries)
-        entry = {"key": key, "name": run["name"], "seconds": run["seconds"], "report": report.to_dict(),
-                 "per_file": run["per_file"]}
-        entry["report"].pop("events")  # per-event rows are long; per-file figures are kept instead
-        if not args.no_plots:
-            png = plot_run(
-                args.out_dir / f"skab_{_slug(key)}.png", scores=run["scores"], threshold=1.0, labels=labels,
-                flags=run["flags"], signals=signals, sensor_names=list(SENSORS), boundaries=boundaries,
-                title=f"SKAB, {run['name']}: F1 {report.f1:.2f}  FAR {report.far_pct:.1f} %  "
-                      f"MAR {report.mar_pct:.1f} %  (score / per-file threshold; grey lines = file boundaries)",
-            )
-            entry["plot"] = str(png)
-        results.append(entry)
+        for one in [run, *run["variants"]]:
+            report = evaluate(labels, flags=one["flags"], scores=one["scores"], timestamps=timestamps,
+                              boundaries=boundaries)
+            entry = {"key": one["key"], "name": one["name"], "seconds": one["seconds"], "report": report.to_dict(),
+                     "per_file": one["per_file"]}
+            entry["report"].pop("events")  # per-event rows are long; per-file figures are kept instead
+            if not args.no_plots:
+                png = plot_run(
+                    args.out_dir / f"skab_{_slug(one['key'])}.png", scores=one["scores"], threshold=1.0,
+                    labels=labels, flags=one["flags"], signals=signals, sensor_names=list(SENSORS),
+                    boundaries=boundaries,
+                    title=f"SKAB, {one['name']}: F1 {report.f1:.2f}  FAR {report.far_pct:.1f} %  "
+                          f"MAR {report.mar_pct:.1f} %  (score / per-file threshold; grey lines = file boundaries)",
+                )
+                entry["plot"] = str(png)
+            results.append(entry)
 
     reference_counts = confusion_counts(np.ones_like(labels), labels)
     reference = {"f1": reference_counts.f1, "far_pct": reference_counts.far_pct, "mar_pct": reference_counts.mar_pct}

@@ -100,12 +100,28 @@ def test_errors_are_clear(data) -> None:
 SKAB_DATA = Path("/work/shared/data/skab")
 
 
-@pytest.mark.skipif(not (SKAB_DATA / "valve1").is_dir(), reason="SKAB data not on this machine")
-def test_skab_benchmark_runs_the_protocol_and_beats_the_random_floor(tmp_path, capsys, monkeypatch) -> None:
+def _bench_skab(monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_skab", Path(__file__).parents[1] / "bench" / "skab.py")
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_skab", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_leaderboard_rule_flags_rows_whose_every_covering_window_is_above(monkeypatch) -> None:
+    bench = _bench_skab(monkeypatch)
+    # row i's score is the window ending at i: with window 3, row i is covered by the windows of rows i..i+2
+    scores = np.array([0, 5, 5, 5, 0, 5, 5, 5, 5, 0, 5, 5], dtype=float)
+    flags = bench.leaderboard_flags(scores, limit=1.0, window=3)
+    assert flags.tolist() == [False, True, False, False, False, True, True, False, False, False, False, False]
+    # a score equal to the limit is not above it; fewer rows than a window flag nothing
+    assert not bench.leaderboard_flags(np.array([1.0, 2, 2, 2]), 1.0, 4).any()
+    assert bench.leaderboard_flags(np.array([2.0, 2.0]), 1.0, 3).tolist() == [False, False]
+
+
+@pytest.mark.skipif(not (SKAB_DATA / "valve1").is_dir(), reason="SKAB data not on this machine")
+def test_skab_benchmark_runs_the_protocol_and_beats_the_random_floor(tmp_path, capsys, monkeypatch) -> None:
+    bench = _bench_skab(monkeypatch)
     code = bench.main(["--data-dir", str(SKAB_DATA), "--out-dir", str(tmp_path), "--methods", "pca,random",
                        "--no-plots"])
     assert code == 0
@@ -115,6 +131,8 @@ def test_skab_benchmark_runs_the_protocol_and_beats_the_random_floor(tmp_path, c
     assert len(summary["files"]) == 34 and summary["test_rows"] == 23_801
     figures = {r["key"]: r["report"] for r in summary["results"]}
     assert figures["pca"]["f1"] > 0.6 > 0.1 > figures["random"]["f1"]
+    # each method is also reported under the leaderboard notebooks' alarm rule, from the same scores
+    assert set(figures) == {"pca", "random", "pca+leaderboard-rule", "random+leaderboard-rule"}
     # random scores rank no better than chance: PR-AUC near the anomalous share of the test rows
     share = summary["test_anomalous_rows"] / summary["test_rows"]
     assert abs(figures["random"]["pr_auc"] - share) < 0.03
