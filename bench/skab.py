@@ -164,13 +164,13 @@ class LstmVaeMethod:
         self.threshold = math.nan
 
     @staticmethod
-    def _batch(values: np.ndarray, n_context: int = 0, plant: str = "skab") -> Any:
+    def _batch(values: np.ndarray, n_context: int = 0) -> Any:
         import pyarrow as pa
 
         # SKAB's own timestamps have gaps; the model only passes them through, so 1 s steps do
         times = np.datetime64("2020-01-01T00:00:00", "us") + np.arange(len(values)) * np.timedelta64(1, "s")
         columns: dict[str, Any] = {
-            "plant": pa.array([plant] * len(values)),
+            "plant": pa.array(["skab"] * len(values)),
             "timestamp": pa.array(times, type=pa.timestamp("us", tz="UTC")),
         }
         for i, sensor in enumerate(SENSORS):
@@ -190,9 +190,10 @@ class LstmVaeMethod:
         self.scorer = model.detector(device=self.settings.get("device", "cpu"), threads=self.settings.get("threads"))
         self.window = int(self.scorer.window)
         self.context = train[-(self.window - 1):] if self.window > 1 else train[:0]
-        # under a plant key of its own: the scorer carries each plant's stream on, and the test rows that
-        # follow start again at the first timestamp (first window-1 rows: NaN, not yet a full window)
-        self.train_scores = self._scores(self.scorer.score(self._batch(train, plant="skab-training-rows")))
+        # first window-1 rows: NaN, not yet a full window; then the stream is reset, as the test rows that
+        # follow start again at the first timestamp
+        self.train_scores = self._scores(self.scorer.score(self._batch(train)))
+        self.scorer.reset_stream()
         return self
 
     @staticmethod

@@ -855,7 +855,8 @@ def evaluate_attack_run(
     labels = labels_all[kept]
     flags = _arrow_numbers(scored, "flag", "scored rows", False).astype(bool)[kept]
     scores = _arrow_numbers(scored, "score", "scored rows", np.nan).astype(np.float64)[kept]
-    timestamps = np.asarray(_arrow_column(table, "timestamp", "table").to_numpy(zero_copy_only=False))[kept]
+    time_column = _arrow_column(table, "timestamp", "table")
+    timestamps = np.asarray(time_column.to_numpy(zero_copy_only=False))[kept]
     errors = np.column_stack(
         [_arrow_numbers(scored, c, "scored rows", np.nan).astype(np.float64)[kept] for c in error_columns]
     ) if error_columns else np.zeros((int(kept.sum()), 0))
@@ -904,8 +905,8 @@ def evaluate_attack_run(
             AttackOutcome(
                 name=name,
                 attack_id=attack_id,
-                start=_arrow_column(table, "timestamp", "table")[begin].as_py(),
-                end=_arrow_column(table, "timestamp", "table")[end - 1].as_py(),
+                start=time_column[begin].as_py(),
+                end=time_column[end - 1].as_py(),
                 start_row=event.start_row,
                 end_row=event.end_row,
                 rows=event.end_row - event.start_row,

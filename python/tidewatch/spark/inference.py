@@ -328,6 +328,15 @@ class InferenceJob:
 
         return read_text(reader, args.file_format, self.sensors.sensors, args.landing_dir)
 
+    def _query_error(self, exc: object) -> Exception:
+        """What the user is told when the streaming query failed: the sink failure's one line when a write
+        failed (see _sink), else the first line of Spark's error."""
+        import tidewatch
+
+        if self.failure:
+            return tidewatch.TidewatchIOError(self.failure)
+        return RuntimeError(f"streaming query failed: {str(exc).splitlines()[0][:500]}")
+
     def run(self) -> list[BatchSummary]:
         args = self.args
         writer = (
@@ -343,11 +352,7 @@ class InferenceJob:
                 try:
                     query.awaitTermination(1.0)
                 except Exception as exc:  # the query failed: StreamingQueryException
-                    if self.failure:
-                        import tidewatch
-
-                        raise tidewatch.TidewatchIOError(self.failure) from None
-                    raise RuntimeError(f"streaming query failed: {str(exc).splitlines()[0][:500]}") from exc
+                    raise self._query_error(exc) from (None if self.failure else exc)
                 idle = time.monotonic() - self.last_rows_at
                 # Idle time counts from the last batch that brought rows, never during a batch, and only
                 # once a first batch ran (Spark's start-up is not idleness).
@@ -356,11 +361,7 @@ class InferenceJob:
                     log.info("no new rows for %.0fs: stopping", args.stop_after_idle)
                     query.stop()
             if query.exception() is not None:
-                import tidewatch
-
-                if self.failure:
-                    raise tidewatch.TidewatchIOError(self.failure)
-                raise RuntimeError(f"streaming query failed: {str(query.exception()).splitlines()[0][:500]}")
+                raise self._query_error(query.exception())
         finally:
             if query.isActive:
                 query.stop()
