@@ -1,6 +1,7 @@
 //! tidewatch native core: Arrow batches in, windows, libtorch LSTM-VAE scoring, metrics.
 //! Nothing in the core knows about Python or Spark; `python` (feature-gated) is the only binding layer.
 pub mod error;
+pub mod incidents;
 pub mod matrix;
 pub mod metrics;
 pub mod model;

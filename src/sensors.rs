@@ -22,6 +22,9 @@ const SWAT_A1: [(&str, &str); 51] = [
     ("FIT601", "P6"), ("P601", "P6"), ("P602", "P6"), ("P603", "P6"),
 ];
 
+/// The one stage of a plant described without stages.
+pub const DEFAULT_STAGE: &str = "all";
+
 /// The plant file as users write it. Unknown top-level keys are refused (a misspelt key would
 /// otherwise be ignored silently), except `csv`, which belongs to the Python CSV reader.
 #[derive(Debug, Deserialize)]
@@ -29,7 +32,9 @@ const SWAT_A1: [(&str, &str); 51] = [
 struct PlantFile {
     plant: String,
     sensors: Vec<String>,
-    /// stage name -> its sensors; the file's order of stages is the process order.
+    /// stage name -> its sensors; the file's order of stages is the process order. Optional: a plant
+    /// without stages gets one, `DEFAULT_STAGE`.
+    #[serde(default)]
     stages: serde_yaml_ng::Mapping,
     #[serde(default)]
     #[allow(dead_code)]
@@ -84,10 +89,12 @@ impl TryFrom<SensorSetFields> for SensorSet {
 
 impl SensorSet {
     /// `stages` lists (stage, its sensors) in process order; every sensor must be in exactly one stage.
+    /// No stages at all: every sensor is in one stage, `DEFAULT_STAGE`.
     pub fn new(plant: &str, sensors: Vec<String>, stages: Vec<(String, Vec<String>)>) -> Result<Self> {
         if sensors.is_empty() {
             return Err(Error::Config(format!("plant '{plant}': the sensor list is empty")));
         }
+        let stages = if stages.is_empty() { vec![(DEFAULT_STAGE.to_string(), sensors.clone())] } else { stages };
         let mut position: HashMap<&str, usize> = HashMap::new();
         for (i, s) in sensors.iter().enumerate() {
             if position.insert(s.as_str(), i).is_some() {

@@ -139,6 +139,10 @@ def test_stream_end_to_end(tmp_path: Path):
         p1 = prom.wait_for('sum(ae_anomalies_total{stage="P1"})', lambda r: r and float(r[0]["value"][1]) > 0,
                            timeout=60)
         assert float(p1[0]["value"][1]) > 0
+        # ... and an incident in P1 (its flags persisted), published on the incident metrics.
+        prom.wait_for('sum(ae_incidents_total{stage="P1"})', lambda r: r and float(r[0]["value"][1]) > 0,
+                      timeout=60)
+        prom.wait_for("ae_last_row_timestamp_seconds", lambda r: r and float(r[0]["value"][1]) > 1.7e9, timeout=60)
     finally:
         job.stop()
         prom.stop()
@@ -161,13 +165,33 @@ def test_stream_end_to_end(tmp_path: Path):
     want = one_shot["score"].to_numpy(zero_copy_only=False)
     np.testing.assert_allclose(np.nan_to_num(got, nan=-1), np.nan_to_num(want, nan=-1), rtol=1e-5, atol=1e-7)
 
+    # -- the same incidents as one uninterrupted run, across the kill -9 and restart -------------------
+    from tidewatch.incidents import current_incidents, read_transitions
 
-def first_detector_scores(work: Path, version: str, rows: pa.Table) -> pa.Table:
-    """Scores `rows` at once with the first model's files (kept under .tidewatch-models)."""
+    def key(i: dict) -> tuple:
+        return (i["incident_id"], i["start"], i["duration_seconds"], i["rows_flagged"], i["sensors"], i["stages"])
+
+    streamed = [i for i in current_incidents(read_transitions(work / "results")) if i["model_version"] == first_version]
+    det = first_detector(work, first_version)
+    det.score(live.slice(0, v1.num_rows))
+    one_shot_incidents = current_incidents(pa.Table.from_batches([det.incident_transitions()]))
+    assert one_shot_incidents, "the attack raised no incident"
+    assert any("P1" in i["stages"].split(",") for i in one_shot_incidents)
+    assert [key(i) for i in streamed] == [key(i) for i in one_shot_incidents]
+    np.testing.assert_allclose([i["peak_score"] for i in streamed], [i["peak_score"] for i in one_shot_incidents],
+                               rtol=1e-5)
+
+
+def first_detector(work: Path, version: str) -> tidewatch.Detector:
+    """The first model, from the job's private copy beside the checkpoint."""
     candidates = [p for p in (work / "checkpoints").rglob("manifest.json") if p.parent.name == version]
     assert candidates, "the first model's files are gone"
-    det = tidewatch.Detector.load(candidates[0].parent, device="cpu")
-    return det.score(rows)
+    return tidewatch.Detector.load(candidates[0].parent, device="cpu")
+
+
+def first_detector_scores(work: Path, version: str, rows: pa.Table) -> pa.Table:
+    """Scores `rows` at once with the first model's files."""
+    return first_detector(work, version).score(rows)
 
 
 def _wait_all_rows(work: Path, total: int, timeout: float = 240.0) -> None:

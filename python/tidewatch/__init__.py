@@ -21,7 +21,7 @@ from tidewatch._native import (  # noqa: E402
     sensor_matrix,
 )
 from tidewatch.model import Detector, Model, ModelConfig, import_legacy, train  # noqa: E402
-from tidewatch._native import BatchAggregate, MetricsRegistry, MetricsServer  # noqa: E402
+from tidewatch._native import BatchAggregate, IncidentTracker, MetricsRegistry, MetricsServer  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -39,7 +39,7 @@ __all__ = [
     "ScalerStats",
     "WindowStream",
     "sensor_matrix",
-    "BatchAggregate", "MetricsRegistry", "MetricsServer",
+    "BatchAggregate", "IncidentTracker", "MetricsRegistry", "MetricsServer",
     "Detector",
     "Model",
     "ModelConfig",

@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "demo",
     "evaluate",
+    "incidents",
     "convert",
     "replay",
     "simulate",

@@ -25,6 +25,7 @@ __all__ = [
     "CONTRACT_METRICS",
     "EXTRA_METRICS",
     "ERROR_BUCKETS",
+    "INCIDENT_DURATION_BUCKETS",
     "Sample",
     "MetricFamily",
     "parse_exposition",
@@ -58,7 +59,20 @@ EXTRA_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ae_last_event_timestamp_seconds": ("gauge", ()),
     "ae_rows_carried": ("gauge", ()),
     "ae_threshold": ("gauge", ()),
+    # Scores and data freshness.
+    "ae_score_max_last_batch": ("gauge", ()),
+    "ae_last_row_timestamp_seconds": ("gauge", ()),
+    # Incidents (src/incidents.rs): flags grouped into events per plant.
+    "ae_incidents_open": ("gauge", ()),
+    "ae_incident_active": ("gauge", ("stage",)),
+    "ae_incident_sensor_active": ("gauge", ("sensor", "stage")),
+    "ae_incident_open_seconds": ("gauge", ()),
+    "ae_incidents_total": ("counter", ("stage",)),
+    "ae_incident_duration_seconds": ("histogram", ()),
 }
+
+#: Upper bounds of `ae_incident_duration_seconds`' buckets (+Inf implied): 10 s to 6 h.
+INCIDENT_DURATION_BUCKETS: tuple[float, ...] = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::json_f64;
+use crate::incidents::Evidence;
 use crate::sensors::SensorSet;
 use crate::{Error, Result};
 
@@ -74,6 +75,12 @@ pub struct BatchAggregate {
     flagged_values: Vec<Option<FlaggedValue>>,
     #[serde(with = "json_f64::option")]
     latest_event_time_s: Option<f64>,
+    /// The largest score of a scored row (finite scores only).
+    #[serde(default, with = "json_f64::option")]
+    max_score: Option<f64>,
+    /// Per plant, the flagged rows and latest scored time, for the incident tracker (src/incidents.rs).
+    #[serde(default)]
+    evidence: Evidence,
 }
 
 impl BatchAggregate {
@@ -93,7 +100,18 @@ impl BatchAggregate {
             error_sum: vec![0.0; n],
             flagged_values: vec![None; n],
             latest_event_time_s: None,
+            max_score: None,
+            evidence: Evidence::default(),
         }
+    }
+
+    /// A scored row's incident evidence and score: `plant`, event time, flag, score and the sensors it
+    /// names anomalous (indices). Called beside `record_scored`.
+    pub fn record_evidence(&mut self, plant: &str, event_time_s: f64, flagged: bool, score: f64, anomalous: &[usize]) {
+        if score.is_finite() && self.max_score.is_none_or(|m| score > m) {
+            self.max_score = Some(score);
+        }
+        self.evidence.record(plant, event_time_s, flagged, score, anomalous);
     }
 
     /// One scored row. `per_sensor_error` and `values` are in the sensor set's order (one per sensor);
@@ -213,6 +231,12 @@ impl BatchAggregate {
         if let Some(t) = other.latest_event_time_s {
             self.note_event_time(t);
         }
+        if let Some(m) = other.max_score {
+            if self.max_score.is_none_or(|mine| m > mine) {
+                self.max_score = Some(m);
+            }
+        }
+        self.evidence.merge(&other.evidence);
         Ok(())
     }
 
@@ -319,6 +343,13 @@ impl BatchAggregate {
     }
     pub fn latest_event_time_s(&self) -> Option<f64> {
         self.latest_event_time_s
+    }
+    /// The largest finite score of the batch's scored rows.
+    pub fn max_score(&self) -> Option<f64> {
+        self.max_score
+    }
+    pub fn evidence(&self) -> &Evidence {
+        &self.evidence
     }
 }
 

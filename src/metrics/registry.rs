@@ -30,12 +30,16 @@ use prometheus::{
 };
 
 use super::aggregate::{BatchAggregate, ERROR_BUCKETS, ERROR_SLOTS};
+use crate::incidents::{IncidentTracker, Transition, TransitionKind};
 use crate::sensors::SensorSet;
 use crate::{Error, Result};
 
 /// Buckets of `ae_batch_processing_seconds` (not fixed by the contract): micro-batches take from tens
 /// of milliseconds to minutes.
 pub const BATCH_SECONDS_BUCKETS: [f64; 12] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// Buckets of `ae_incident_duration_seconds`: incidents last from seconds to hours.
+pub const INCIDENT_DURATION_BUCKETS: [f64; 10] = [10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0];
 
 /// Distinct `reason` label values kept for `ae_rows_quarantined_total`; rows with further reasons are
 /// counted under `reason="other"` so that free-text reasons cannot grow the series without bound.
@@ -171,6 +175,15 @@ pub struct MetricsRegistry {
     last_event_timestamp: Gauge,
     rows_carried: IntGauge,
     threshold: Gauge,
+    score_max_last_batch: Gauge,
+    last_row_timestamp: Gauge,
+    // incidents
+    incidents_open: IntGauge,
+    incident_active: Vec<IntGauge>,
+    incident_sensor_active: Vec<IntGauge>,
+    incident_open_seconds: Gauge,
+    incidents_total: Vec<IntCounter>,
+    incident_duration: Histogram,
 }
 
 impl std::fmt::Debug for MetricsRegistry {
@@ -245,6 +258,36 @@ impl MetricsRegistry {
         let rows_carried =
             int_gauge("ae_rows_carried", "Rows carried to the next batch to complete windows (last W-1 rows per plant)")?;
         let threshold = gauge("ae_threshold", "Window score above which a row is flagged")?;
+        let score_max_last_batch = gauge("ae_score_max_last_batch", "Largest score of a row in the latest batch (0 without scored rows)")?;
+        let last_row_timestamp = gauge(
+            "ae_last_row_timestamp_seconds",
+            "Wall-clock time (Unix seconds) the job last processed a batch with rows: data freshness",
+        )?;
+        let incidents_open = int_gauge("ae_incidents_open", "Incidents open now (all plants)")?;
+        let active = IntGaugeVec::new(Opts::new("ae_incident_active", "1 while an open incident involves the stage"), &["stage"])
+            .map_err(prom_err)?;
+        let incident_active = stage_names.iter().map(|p| active.with_label_values(&[p])).collect();
+        let sensor_active = IntGaugeVec::new(
+            Opts::new("ae_incident_sensor_active", "1 while an open incident involves the sensor"),
+            &["sensor", "stage"],
+        )
+        .map_err(prom_err)?;
+        let incident_sensor_active = (0..sensors.len())
+            .map(|i| sensor_active.with_label_values(&[&sensors.sensors()[i], &stage_names[sensors.stage_index(i)]]))
+            .collect();
+        let incident_open_seconds =
+            gauge("ae_incident_open_seconds", "Event-time duration so far of the longest open incident (0 when none)")?;
+        let inc_total = IntCounterVec::new(
+            Opts::new("ae_incidents_total", "Incidents opened that involve the stage (one spanning two stages counts in each)"),
+            &["stage"],
+        )
+        .map_err(prom_err)?;
+        let incidents_total = stage_names.iter().map(|p| inc_total.with_label_values(&[p])).collect();
+        let incident_duration = Histogram::with_opts(
+            HistogramOpts::new("ae_incident_duration_seconds", "Duration of closed incidents, first to last flag")
+                .buckets(INCIDENT_DURATION_BUCKETS.to_vec()),
+        )
+        .map_err(prom_err)?;
 
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(sensor_event),
@@ -265,6 +308,14 @@ impl MetricsRegistry {
             Box::new(last_event_timestamp.clone()),
             Box::new(rows_carried.clone()),
             Box::new(threshold.clone()),
+            Box::new(score_max_last_batch.clone()),
+            Box::new(last_row_timestamp.clone()),
+            Box::new(incidents_open.clone()),
+            Box::new(active),
+            Box::new(sensor_active),
+            Box::new(incident_open_seconds.clone()),
+            Box::new(inc_total),
+            Box::new(incident_duration.clone()),
         ];
         for c in collectors {
             registry.register(c).map_err(prom_err)?;
@@ -294,6 +345,14 @@ impl MetricsRegistry {
             last_event_timestamp,
             rows_carried,
             threshold,
+            score_max_last_batch,
+            last_row_timestamp,
+            incidents_open,
+            incident_active,
+            incident_sensor_active,
+            incident_open_seconds,
+            incidents_total,
+            incident_duration,
         })
     }
 
@@ -337,10 +396,54 @@ impl MetricsRegistry {
             gauge.set(flagged.map_or(0.0, |f| f.value));
         }
         self.reconstruction_error.absorb(agg);
+        self.score_max_last_batch.set(agg.max_score().unwrap_or(0.0));
+        if agg.rows_in() > 0 {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            self.last_row_timestamp.set(now);
+        }
         if let Some(t) = agg.latest_event_time_s() {
             if state.latest_event_time_s.is_none_or(|latest| t > latest) {
                 state.latest_event_time_s = Some(t);
                 self.last_event_timestamp.set(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the incident state after a batch: which stages and sensors open incidents involve, how
+    /// long the longest has lasted, and the batch's transitions (incidents opened per stage, durations
+    /// of those closed). The tracker must be for this registry's sensors.
+    pub fn apply_incidents(&self, tracker: &IncidentTracker, transitions: &[Transition]) -> Result<()> {
+        if tracker.sensors().sensors() != self.sensors.sensors() || tracker.sensors().stages() != self.sensors.stages() {
+            return Err(Error::Input("incident tracker and metrics registry are for different sensor sets".into()));
+        }
+        let _state = self.change();
+        let open = tracker.open_incidents();
+        self.incidents_open.set(open.len() as i64);
+        let mut stage_on = vec![false; self.incident_active.len()];
+        let mut sensor_on = vec![false; self.incident_sensor_active.len()];
+        for inc in &open {
+            for j in inc.involved_sensors() {
+                sensor_on[j] = true;
+                stage_on[self.sensors.stage_index(j)] = true;
+            }
+        }
+        for (g, on) in self.incident_active.iter().zip(stage_on) {
+            g.set(on as i64);
+        }
+        for (g, on) in self.incident_sensor_active.iter().zip(sensor_on) {
+            g.set(on as i64);
+        }
+        self.incident_open_seconds.set(tracker.longest_open_s());
+        for tr in transitions {
+            match tr.kind {
+                TransitionKind::Opened => {
+                    for s in tr.incident.involved_stages(&self.sensors) {
+                        self.incidents_total[s].inc();
+                    }
+                }
+                TransitionKind::Closed => self.incident_duration.observe(tr.incident.duration_s()),
+                TransitionKind::Updated => {}
             }
         }
         Ok(())

@@ -71,6 +71,10 @@ pub struct TrainingSummary {
     pub data_sha256: String,
     /// First and last timestamps of the training data, when known.
     pub time_range: Option<(String, String)>,
+    /// The median step between consecutive rows of a plant in the training data, in seconds, when
+    /// the data had timestamps. Incident durations default from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_period_seconds: Option<f64>,
     pub epochs_run: usize,
     pub best_epoch: usize,
     pub best_val_loss: f64,

@@ -28,6 +28,7 @@ use super::artifact::{resolve, ModelArtifact, MANIFEST_FILE, WEIGHTS_FILE};
 use super::input::{context_column, plant_column, timestamp_column, timestamp_type, UTC};
 use super::score::score_starts;
 use super::{apply_threads, parse_device};
+use crate::incidents::{Evidence, Incident, IncidentPolicy, IncidentTracker, Transition};
 use crate::matrix::{InvalidRows, SensorMatrix};
 use crate::metrics::BatchAggregate;
 use crate::sensors::SensorSet;
@@ -107,6 +108,9 @@ pub struct Detector {
     load_seconds: f64,
     reloads: u64,
     failed: Option<(Option<Fingerprint>, String)>,
+    /// Flags grouped into incidents per plant (src/incidents.rs), and the transitions not yet taken.
+    incidents: IncidentTracker,
+    transitions: Vec<Transition>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -181,7 +185,11 @@ impl Detector {
         }
         let spec = model.window_spec();
         let f = model.sensors.len();
+        let policy = IncidentPolicy::for_period(model.manifest.training.sample_period_seconds.unwrap_or(1.0));
+        let incidents = IncidentTracker::new(&model.sensors, policy)?;
         Ok(Detector {
+            incidents,
+            transitions: Vec::new(),
             path: None,
             device,
             schema: output_schema(&model.sensors),
@@ -265,11 +273,44 @@ impl Detector {
         Ok(())
     }
 
-    /// Forgets every stream's carried rows (the next rows of each plant start with a warm-up).
+    /// Forgets every stream's carried rows (the next rows of each plant start with a warm-up) and its
+    /// incident state.
     pub fn reset_stream(&mut self) {
         self.stream = WindowStream::new(self.model.window_spec(), self.model.sensors.len());
         self.last_window.clear();
         self.last_time.clear();
+        self.incidents.reset();
+        self.transitions.clear();
+    }
+
+    /// The training data's sample period (median step, seconds), when it had timestamps.
+    pub fn sample_period_seconds(&self) -> Option<f64> {
+        self.model.manifest.training.sample_period_seconds
+    }
+
+    pub fn incident_policy(&self) -> IncidentPolicy {
+        self.incidents.policy()
+    }
+
+    /// Replaces the incident rules; the incident state restarts.
+    pub fn set_incident_policy(&mut self, policy: IncidentPolicy) -> Result<()> {
+        self.incidents = IncidentTracker::new(&self.model.sensors, policy)?;
+        self.transitions.clear();
+        Ok(())
+    }
+
+    /// The incident transitions (opened / updated / closed) of the rows scored since the last call.
+    pub fn take_incident_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.transitions)
+    }
+
+    /// Incidents still open, per plant.
+    pub fn open_incidents(&self) -> Vec<&Incident> {
+        self.incidents.open_incidents()
+    }
+
+    pub fn incident_tracker(&self) -> &IncidentTracker {
+        &self.incidents
     }
 
     /// Reloads the model when the path now points to other files. Returns whether it swapped models.
@@ -306,6 +347,8 @@ impl Detector {
                 self.model = model;
                 self.fingerprint = fingerprint;
                 if !same_stream {
+                    let policy = self.incidents.policy();
+                    self.incidents = IncidentTracker::new(&self.model.sensors, policy)?;
                     self.reset_stream();
                 }
                 self.load_seconds = started.elapsed().as_secs_f64();
@@ -485,7 +528,11 @@ impl Detector {
         if let Some(agg) = aggregate.as_deref_mut() {
             agg.add_windows(windows_scored as u64);
         }
-        let out = self.build_output(&outcome, results.as_ref(), plants.as_ref(), times.as_ref(), &matrix, aggregate)?;
+        let mut evidence = Evidence::default();
+        let out = self.build_output(&outcome, results.as_ref(), plants.as_ref(), times.as_ref(), &matrix, aggregate, &mut evidence)?;
+        let version = self.model.version().to_string();
+        let transitions = self.incidents.apply(&evidence, &version);
+        self.transitions.extend(transitions);
         let mut counts = (0, 0, 0);
         for o in &outcome {
             match o {
@@ -513,6 +560,7 @@ impl Detector {
         times: Option<&arrow_array::PrimitiveArray<arrow_array::types::TimestampMicrosecondType>>,
         matrix: &SensorMatrix,
         mut aggregate: Option<&mut BatchAggregate>,
+        evidence: &mut Evidence,
     ) -> Result<(RecordBatch, usize)> {
         // Reused per row for the aggregate.
         let (mut row_errors, mut row_values, mut named) = (Vec::new(), Vec::new(), Vec::new());
@@ -543,11 +591,20 @@ impl Detector {
             if matches!(o, Outcome::Context) {
                 continue;
             }
-            match plants {
-                Some(p) if p.is_null(i) => plant_b.append_null(),
-                Some(p) => plant_b.append_value(p.value(i)),
-                None => plant_b.append_value(default_plant),
-            }
+            let plant = match plants {
+                Some(p) if p.is_null(i) => {
+                    plant_b.append_null();
+                    ""
+                }
+                Some(p) => {
+                    plant_b.append_value(p.value(i));
+                    p.value(i)
+                }
+                None => {
+                    plant_b.append_value(default_plant);
+                    default_plant
+                }
+            };
             let event_time_s = match times {
                 Some(t) if t.is_valid(i) => {
                     time_b.append_value(t.value(i));
@@ -629,7 +686,9 @@ impl Detector {
             } else {
                 anom_b.append_value("");
             }
+            evidence.record(plant, event_time_s, flag, f64::from(score), &named);
             if let Some(agg) = aggregate.as_deref_mut() {
+                agg.record_evidence(plant, event_time_s, flag, f64::from(score), &named);
                 row_errors.clear();
                 row_errors.extend(errors.iter().map(|&e| f64::from(e)));
                 row_values.clear();

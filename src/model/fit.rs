@@ -36,6 +36,8 @@ struct Rows {
     segments: Vec<Range<usize>>,
     excluded: u64,
     time_range: Option<(i64, i64)>,
+    /// Median step between consecutive rows of a plant (microseconds).
+    median_step_us: Option<i64>,
 }
 
 impl Rows {
@@ -88,13 +90,13 @@ impl Rows {
                 }
             }
         }
-        let max_gap = if steps.is_empty() {
-            i64::MAX
+        let median_step_us = if steps.is_empty() {
+            None
         } else {
             let mid = steps.len() / 2;
-            let median = *steps.select_nth_unstable(mid).1;
-            median.saturating_mul(GAP_FACTOR)
+            Some(*steps.select_nth_unstable(mid).1)
         };
+        let max_gap = median_step_us.map_or(i64::MAX, |m| m.saturating_mul(GAP_FACTOR));
 
         let mut refs = Vec::new();
         let mut segments = Vec::new();
@@ -143,7 +145,7 @@ impl Rows {
         if refs.len() > start {
             segments.push(start..refs.len());
         }
-        Ok(Rows { matrices, refs, segments, excluded, time_range })
+        Ok(Rows { matrices, refs, segments, excluded, time_range, median_step_us })
     }
 
     /// A min-max scaler fitted on the rows in `ranges`.
@@ -283,6 +285,7 @@ pub fn fit(
         validation_windows: calibration_windows.len(),
         data_sha256,
         time_range,
+        sample_period_seconds: train_rows.median_step_us.map(|us| us as f64 / 1e6),
         epochs_run: trained.history.len(),
         best_epoch: trained.best_epoch,
         best_val_loss: trained.best_val_loss,
@@ -341,6 +344,7 @@ pub fn import_weights(
         validation_windows: windows.len(),
         data_sha256: hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
         time_range: rows.time_range.map(|(lo, hi)| (format_micros(lo), format_micros(hi))),
+        sample_period_seconds: rows.median_step_us.map(|us| us as f64 / 1e6),
         device: super::device_name(device),
         seconds: started.elapsed().as_secs_f64(),
         ..Default::default()

@@ -22,10 +22,12 @@ pub struct PySensorSet(pub SensorSet);
 
 #[pymethods]
 impl PySensorSet {
-    /// `stages` maps stage name -> its sensors, in process order.
+    /// `stages` lists (stage name, its sensors) in process order; without it every sensor is in one
+    /// stage, "all". `SensorSet("skab", ["a", "b"])`.
     #[new]
-    fn new(plant: &str, sensors: Vec<String>, stages: Vec<(String, Vec<String>)>) -> PyResult<Self> {
-        SensorSet::new(plant, sensors, stages).map(Self).map_err(to_py)
+    #[pyo3(signature = (plant, sensors, stages = None))]
+    fn new(plant: &str, sensors: Vec<String>, stages: Option<Vec<(String, Vec<String>)>>) -> PyResult<Self> {
+        SensorSet::new(plant, sensors, stages.unwrap_or_default()).map(Self).map_err(to_py)
     }
     /// The built-in SWaT A1 map: 51 columns, stages P1–P6.
     #[staticmethod]

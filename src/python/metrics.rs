@@ -55,6 +55,18 @@ impl PyBatchAggregate {
         Ok(())
     }
 
+    /// A scored row's incident evidence: its plant, event time (Unix seconds), flag, score and the
+    /// sensor indices it names anomalous.
+    #[pyo3(signature = (plant, event_time_s, flagged, score, anomalous = Vec::new()))]
+    fn record_evidence(&mut self, plant: &str, event_time_s: f64, flagged: bool, score: f64, anomalous: Vec<usize>) -> PyResult<()> {
+        let n = self.0.sensors().len();
+        if let Some(&bad) = anomalous.iter().find(|&&j| j >= n) {
+            return Err(input_err(format!("record_evidence: anomalous sensor index {bad} is out of range (0..{n})")));
+        }
+        self.0.record_evidence(plant, event_time_s, flagged, score, &anomalous);
+        Ok(())
+    }
+
     fn record_warmup(&mut self, event_time_s: f64) {
         self.0.record_warmup(event_time_s);
     }

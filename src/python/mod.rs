@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 use crate::Error;
 
+mod incidents;
 mod kernels;
 mod metrics;
 mod model;
@@ -45,6 +46,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("TidewatchIOError", py.get_type::<TidewatchIOError>())?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
+    incidents::register(m)?;
     kernels::register(m)?;
     metrics::register(m)?;
     model::register(m)?;

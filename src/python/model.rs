@@ -386,9 +386,44 @@ impl PyDetector {
         Ok(Some(d))
     }
 
-    /// Forgets carried rows: each plant's next rows start with a warm-up.
+    /// Forgets carried rows and incident state: each plant's next rows start with a warm-up.
     fn reset_stream(&self) {
         lock(&self.inner).reset_stream()
+    }
+
+    /// The incident transitions (opened / updated / closed) caused by the rows scored since the last
+    /// call, as a pyarrow RecordBatch.
+    fn incident_transitions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let mut d = lock(&self.inner);
+        let transitions = d.take_incident_transitions();
+        super::incidents::transitions_to_py(py, &transitions, d.sensors())
+    }
+
+    /// The incidents still open, as dicts.
+    fn open_incidents<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_json_value(py, &lock(&self.inner).open_incidents())
+    }
+
+    /// The incident rules: min_duration_s, gap_s, quiet_s (defaults from the sample period).
+    #[getter]
+    fn incident_policy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        super::incidents::policy_dict(py, lock(&self.inner).incident_policy())
+    }
+
+    /// Replaces the incident rules (unset durations: the defaults for the model's sample period); the
+    /// incident state restarts.
+    #[pyo3(signature = (min_duration_s = None, gap_s = None, quiet_s = None))]
+    fn set_incident_policy(&self, min_duration_s: Option<f64>, gap_s: Option<f64>, quiet_s: Option<f64>) -> PyResult<()> {
+        let mut d = lock(&self.inner);
+        let period = d.sample_period_seconds().unwrap_or(1.0);
+        let policy = super::incidents::policy_from(period, min_duration_s, gap_s, quiet_s);
+        d.set_incident_policy(policy).map_err(to_py)
+    }
+
+    /// The training data's sample period in seconds (median step), None when it had no timestamps.
+    #[getter]
+    fn sample_period_seconds(&self) -> Option<f64> {
+        lock(&self.inner).sample_period_seconds()
     }
 
     /// Reloads when the model path points to new files; True when the model was swapped. A bad new

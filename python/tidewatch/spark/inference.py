@@ -21,6 +21,15 @@ from pathlib import Path
 log = logging.getLogger("tidewatch.inference")
 
 RESULT_STATUSES = ("scored", "warmup")
+#: Incident transitions live under the results directory; the leading underscore hides them from
+#: Spark's and pyarrow's readers of the results.
+INCIDENTS_DIR = "_incidents"
+
+
+def pa_table(batch):
+    import pyarrow as pa
+
+    return pa.Table.from_batches([batch])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="process what is in the landing directory now, then stop")
     p.add_argument("--stop-after-idle", type=float, default=None,
                    help="stop after this many seconds without new rows (demos and tests)")
+    p.add_argument("--incident-min-seconds", type=float, default=None,
+                   help="flags must persist this long before an incident opens (default: max(10 s, 10 sample "
+                        "periods of the model's training data))")
+    p.add_argument("--incident-quiet-seconds", type=float, default=None,
+                   help="an incident closes after this long without flags (default: max(60 s, 30 sample periods))")
     p.add_argument("--master", default=None, help="Spark master (default: spark-submit's, or local[*])")
 
 
@@ -156,6 +170,35 @@ class InferenceJob:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    def _incident_tracker(self, batch_id: int):
+        """The incident state after the latest committed batch before `batch_id`, or a fresh tracker. A
+        state saved for other sensors (the model was swapped for one of another plant) starts afresh."""
+        import tidewatch
+
+        candidates = sorted((int(p.stem.split("-")[1]), p) for p in self.state_dir.glob("incidents-*.json"))
+        older = [p for i, p in candidates if i < batch_id]
+        if older:
+            try:
+                return tidewatch.IncidentTracker.from_json(older[-1].read_text(), self.sensors)
+            except tidewatch.InputError as exc:
+                log.warning("incident state %s does not apply (%s); starting afresh", older[-1], exc)
+        return tidewatch.IncidentTracker(
+            self.sensors, sample_period_s=self.detector.sample_period_seconds or 1.0,
+            min_duration_s=self.args.incident_min_seconds, quiet_s=self.args.incident_quiet_seconds)
+
+    def _write_incidents(self, transitions, batch_id: int) -> None:
+        """One Parquet file per batch under RESULTS/_incidents (hidden from readers of the results),
+        replaced whole on replay: a replayed batch never duplicates a transition."""
+        import pyarrow.parquet as pq
+
+        root = Path(self.args.results) / INCIDENTS_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        target = root / f"batch-{batch_id}.parquet"
+        if transitions.num_rows:
+            self._write_atomic(target, lambda p: pq.write_table(pa_table(transitions), p))
+        else:
+            target.unlink(missing_ok=True)
+
     # -- the micro-batch ------------------------------------------------------------------------------
     def process_batch(self, df, batch_id: int) -> None:
         if batch_id <= self._committed():
@@ -237,7 +280,15 @@ class InferenceJob:
         for reason, count in q_counts.items():
             aggregate.record_quarantined(reason, count)
         seconds = time.monotonic() - started
+        tracker = self._incident_tracker(batch_id)
+        transitions = tracker.apply(aggregate, self.detector.version)
+        with self._sink("incidents", str(Path(self.args.results) / INCIDENTS_DIR), batch_id):
+            self._write_incidents(transitions, batch_id)
+        with self._sink("checkpoint", str(self.state_dir), batch_id):
+            self._write_atomic(self.state_dir / f"incidents-{batch_id}.json",
+                               lambda p: p.write_text(tracker.to_json()))
         self.registry.apply_batch(aggregate, seconds)
+        tracker.publish(self.registry)
         self.registry.set_carried_rows(tail_table.num_rows)
         counts = aggregate.counts()
         with self._sink("checkpoint", str(self.state_dir), batch_id):
@@ -245,9 +296,10 @@ class InferenceJob:
                 self.state_dir / "committed.json",
                 lambda p: p.write_text(json.dumps({"batch_id": batch_id, "counts": counts})),
             )
-        for old in self.state_dir.glob("tail-*.parquet"):
-            if int(old.stem.split("-")[1]) < batch_id - 1:
-                old.unlink(missing_ok=True)
+        for pattern in ("tail-*.parquet", "incidents-*.json"):
+            for old in self.state_dir.glob(pattern):
+                if int(old.stem.split("-")[1]) < batch_id - 1:
+                    old.unlink(missing_ok=True)
         combined.unpersist()
         scored.unpersist()
         checked.unpersist()
@@ -259,6 +311,10 @@ class InferenceJob:
         self.summaries.append(summary)
         log.info("batch %d: %d rows in, %d scored, %d warm-up, %d quarantined, %d anomalies, %.2fs",
                  batch_id, rows_in, summary.scored, summary.warmup, summary.quarantined, summary.anomalies, seconds)
+        for t in transitions.to_pylist():
+            log.warning("incident %s %s: plant %s since %s, stages %s, sensors %s, peak score %.4g",
+                        t["incident_id"], t["transition"], t["plant"], t["start"], t["stages"] or "-",
+                        t["sensors"] or "-", t["peak_score"])
 
     @contextmanager
     def _sink(self, name: str, path: str, batch_id: int):
