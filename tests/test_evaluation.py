@@ -332,3 +332,32 @@ def test_evaluate_command_csv_with_threshold_and_clear_errors(tmp_path, capsys) 
     assert "row 1 holds 'maybe'" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "s.csv")]) == 1  # no flag column and no --threshold
     assert "--threshold" in capsys.readouterr().err
+
+
+def test_evaluate_command_reports_incidents_next_to_rows(tmp_path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tidewatch.cli import main
+
+    n = 600
+    labels = np.zeros(n, dtype=np.int8)
+    labels[100:201] = 1  # one attack, 100 s
+    flags = np.zeros(n, dtype=bool)
+    flags[110:211] = True  # detected 10 s in, lingers 10 s after
+    flags[400:403] = True  # a 3-row blip: no incident
+    flags[450:481] = True  # 30 s of false flags: one false incident
+    times = np.datetime64("2015-12-28T02:00:00", "us") + np.arange(n) * np.timedelta64(1, "s")
+    pq.write_table(pa.table({
+        "timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
+        "score": np.where(flags, 2.0, 0.1), "flag": flags, "label": labels,
+    }), tmp_path / "scored.parquet")
+    assert main(["evaluate", str(tmp_path / "scored.parquet"), "--json", str(tmp_path / "r.json")]) == 0
+    assert "incident-wise" in capsys.readouterr().out
+    inc = json.loads((tmp_path / "r.json").read_text())["incidents"]
+    assert (inc["n_incidents"], inc["n_true_incidents"], inc["n_false_incidents"]) == (2, 1, 1)
+    assert (inc["n_events"], inc["n_events_detected"]) == (1, 1)
+    # Opened once its flags had lasted 10 s (min duration at 1 s sampling): 20 s after the attack began.
+    assert inc["delay_seconds_median"] == 20.0
+    assert inc["false_incidents_per_day"] == pytest.approx(86400 / (n - 101))
+    assert inc["f1"] == pytest.approx(2 * 0.5 * 1.0 / 1.5)

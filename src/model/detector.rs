@@ -4,7 +4,7 @@
 //! Row rule (src/windows.rs): a row is scored by the most recent window ending at or before it; with
 //! stride 1, the W rows ending at it. The first W-1 rows of a stream are `warmup`. A row with a null,
 //! NaN or infinite sensor (or a null plant or timestamp, or a timestamp earlier than its plant's
-//! previous row) is `quarantined` with a reason and does not enter the windows. Rows flagged
+//! previous row: `out_of_order`; at the same time: `duplicate_timestamp`) is `quarantined` with a reason and does not enter the windows. Rows flagged
 //! `_tw_context` only fill windows and are not output. Streams (one per plant) carry their last
 //! rows across calls, so scoring a stream in any chunking gives bit-identical results to scoring it
 //! at once (mini-batches are padded, see `score::MIN_FORWARD_BATCH`).
@@ -50,6 +50,9 @@ pub fn scaled_input(scaled: f64) -> f32 {
 pub const STATUS_SCORED: &str = "scored";
 pub const STATUS_WARMUP: &str = "warmup";
 pub const STATUS_QUARANTINED: &str = "quarantined";
+/// Quarantine reasons for a row earlier than its plant's previous row, and for one at the same time.
+pub const REASON_OUT_OF_ORDER: &str = "out_of_order";
+pub const REASON_DUPLICATE: &str = "duplicate_timestamp";
 /// How many sensors `top_sensors` names.
 pub const TOP_SENSORS: usize = 3;
 
@@ -419,7 +422,10 @@ impl Detector {
             if reason.is_none() {
                 if let Some(t) = time {
                     match self.last_time.get(key) {
-                        Some(&last) if t < last => reason = Some("out_of_order:timestamp".into()),
+                        // The same reasons as the Spark job's validation (spark/validate.py): the first
+                        // row of a time is kept.
+                        Some(&last) if t < last => reason = Some(REASON_OUT_OF_ORDER.into()),
+                        Some(&last) if t == last => reason = Some(REASON_DUPLICATE.into()),
                         _ => {
                             self.last_time.insert(key.to_string(), t);
                         }
@@ -942,7 +948,11 @@ mod tests {
         // A row earlier than its plant's previous row is quarantined and skipped.
         let late = toy_batch(&plant_series(5, 3), 30, Some("a"));
         let out = det.score(&late).unwrap().batch;
-        assert!(strings(&out, "reason").iter().all(|r| r.as_deref() == Some("out_of_order:timestamp")));
+        assert!(strings(&out, "reason").iter().all(|r| r.as_deref() == Some(REASON_OUT_OF_ORDER)));
+        // A second row at the time of the previous one is a duplicate; the first is kept.
+        let again = toy_batch(&plant_series(1, 4), 59, Some("a"));
+        let out = det.score(&again).unwrap().batch;
+        assert_eq!(strings(&out, "reason"), [Some(REASON_DUPLICATE.to_string())]);
     }
 
     #[test]

@@ -321,14 +321,20 @@ impl PyDetector {
     /// with the schema `output_schema`, one row per input row not flagged `_tw_context`. A Table (or any
     /// `__arrow_c_stream__`) is scored batch after batch, in order, and gives a Table. With `aggregate`
     /// (a BatchAggregate of the same sensors), every output row and the windows run are recorded in it.
-    #[pyo3(signature = (batch, aggregate = None))]
+    /// Calls continue each plant's stream (windows, incidents); `reset=True` starts them afresh first, for
+    /// data unrelated to the previous call (another file, a re-run).
+    #[pyo3(signature = (batch, aggregate = None, reset = false))]
     fn score<'py>(
         &self,
         py: Python<'py>,
         batch: AnyRecordBatch,
         mut aggregate: Option<PyRefMut<'py, PyBatchAggregate>>,
+        reset: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let inner = &self.inner;
+        if reset {
+            lock(inner).reset_stream();
+        }
         let mut agg: Option<&mut BatchAggregate> = aggregate.as_deref_mut().map(|a| &mut a.0);
         match batch {
             AnyRecordBatch::RecordBatch(b) => {

@@ -977,7 +977,9 @@ def detector_reference(batch: pa.RecordBatch | pa.Table, sensors: Sequence[str],
                 t = times[i]
         if reason is None and t is not None:
             if key in last and t < last[key]:
-                reason = "out_of_order:timestamp"
+                reason = "out_of_order"
+            elif key in last and t == last[key]:
+                reason = "duplicate_timestamp"
             else:
                 last[key] = t
         is_context = bool(context[i])

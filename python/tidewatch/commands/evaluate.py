@@ -51,6 +51,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--signals", default="",
                    help="comma-separated input columns to draw above the score in --plot")
     p.add_argument("--sep", default=None, help="CSV separator (default: guessed from the header line)")
+    p.add_argument("--incident-min-seconds", type=float, default=None,
+                   help="incidents: flags must persist this long to open one (default: max(10 s, 10 sample periods))")
+    p.add_argument("--incident-quiet-seconds", type=float, default=None,
+                   help="incidents: one closes after this long without flags (default: max(60 s, 30 sample periods))")
     for column, default in (("score", "score"), ("flag", "flag"), ("label", "label"), ("timestamp", "timestamp"),
                             ("plant", "plant"), ("status", "status"), ("threshold", "threshold"),
                             ("top-sensors", "top_sensors")):
@@ -205,12 +209,18 @@ def run(args: argparse.Namespace) -> int:
           + (f", left out (no score): {left_out}" if left_out else "")
           + ("" if has_time else "; no timestamp column, rows taken in file order"))
     print(report.format())
+    incident_report = None
+    if has_time:
+        incident_report = _incident_report(frame, args, flags, scores, labels, timestamps)
+        print(incident_report.format())
 
     if args.json_out:
         data = report.to_dict()
         data["input"] = str(args.input)
         data["rows_read"] = n_read
         data["rows_left_out"] = left_out
+        if incident_report is not None:
+            data["incidents"] = incident_report.to_dict()
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(data, indent=2, default=str))
         print(f"wrote {args.json_out}")
@@ -236,3 +246,39 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.plot}")
     return 0
+
+
+def _incident_report(frame: Any, args: argparse.Namespace, flags: Any, scores: Any, labels: Any, timestamps: Any):
+    """Incident-wise figures: the flags grouped into incidents by the core's tracker (as the streaming job
+    does), against the labelled events. Needs timestamps."""
+    import numpy as np
+    import pyarrow as pa
+
+    from tidewatch._native import SensorSet
+    from tidewatch.incidents import evaluate_incidents, incidents_from_rows, label_spans
+
+    times_us = np.asarray(timestamps).astype("datetime64[us]").astype(np.int64)
+    plants = (frame[args.plant_col].astype(str).to_numpy() if args.plant_col in frame.columns
+              else np.full(len(frame), "plant"))
+    error_columns = [c for c in frame.columns if isinstance(c, str) and c.startswith("error_")]
+    names = [c[len("error_"):] for c in error_columns] or ["score"]
+    sensors = SensorSet(str(plants[0]) if len(plants) else "plant", names)
+    columns = {
+        "plant": pa.array(plants, pa.string()),
+        "timestamp": pa.array(times_us, pa.timestamp("us", tz="UTC")),
+        "flag": pa.array(np.asarray(flags, dtype=bool)),
+        "score": pa.array(np.asarray(scores, dtype=np.float64)),
+    }
+    if "anomalous_sensors" in frame.columns:
+        columns["anomalous_sensors"] = pa.array(frame["anomalous_sensors"].astype(object).where(
+            frame["anomalous_sensors"].notna(), None).tolist(), pa.string())
+    steps = np.diff(times_us) / 1e6
+    steps = steps[steps > 0]
+    period = float(np.median(steps)) if steps.size else 1.0
+    incidents = incidents_from_rows(pa.table(columns), sensors, sample_period_s=period,
+                                    min_duration_s=args.incident_min_seconds, quiet_s=args.incident_quiet_seconds)
+    times_s = times_us / 1e6
+    events = label_spans(labels, times_s, list(plants))
+    normal_seconds = float((np.asarray(labels) == 0).sum()) * period
+    return evaluate_incidents(incidents, events, normal_seconds=normal_seconds,
+                              tolerance_s=args.tolerance_rows * period)
