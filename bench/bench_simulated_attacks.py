@@ -20,6 +20,9 @@ Protocol, fixed before any run (nothing is tuned on the attack labels):
 4. for reading the FAR: false alarms by time since the last attack ended (a tank an attack drained or
    overflowed takes a while to return to its cycle, and those rows are labelled normal), and the FAR on a
    further ``--normal-s`` of attack-free operation (seed SEED+2, clock after the attack run).
+5. incidents: the same flags grouped into incidents by the core's tracker (the streaming job's rules and
+   defaults): attacks that raised one, delay to open, event-wise precision / recall / F1 and false
+   incidents per day on the attack run and on the attack-free run.
 
 Run: ``make bench-attacks`` or ``.venv/bin/python bench/bench_simulated_attacks.py [--epochs 100]``.
 Writes ``bench/out/bench_simulated_attacks.json``. About 5 minutes on a shared 2-core machine with the
@@ -70,9 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "between attacks; all 36 need at least 76,086 s)")
     parser.add_argument("--attacks", type=parse_attacks, default="all",
                         help="'all' (the 36 physical attacks) or comma-separated attack ids")
-    parser.add_argument("--normal-s", type=int, default=21_600,
-                        help="seconds of attack-free operation after the attack run, for a FAR without "
-                             "attack after-effects (0 skips it)")
+    parser.add_argument("--normal-s", type=int, default=86_400,
+                        help="seconds of attack-free operation after the attack run, for a FAR and false "
+                             "incidents per day without attack after-effects (default 24 h; 0 skips it)")
     parser.add_argument("--seed", type=int, default=0, help="training run's seed; the attack run uses seed+1")
     parser.add_argument("--threads", type=int, default=1,
                         help="libtorch threads for training and scoring (default 1: the bench machine is shared)")
@@ -131,8 +134,11 @@ def far_by_time_since_attack(report: Any) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import pyarrow as pa
+
     import tidewatch
     from tidewatch.evaluation import evaluate_simulated_attacks, false_alarm_rate, label_events
+    from tidewatch.incidents import current_incidents, evaluate_incidents
     from tidewatch.readers import load_attack_list
     from tidewatch.simulator import attack_windows, simulate
 
@@ -164,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     result = evaluate_simulated_attacks(detector, table, top_k=args.top_k, tolerance_rows=args.tolerance_s)
     score_seconds = time.monotonic() - t0
+    attack_incidents = current_incidents(pa.Table.from_batches([detector.incident_transitions()]))
     ran = [w["attack_id"] for w in windows]
     if [a.attack_id for a in result.attacks] != ran:
         raise SystemExit(f"evaluated attacks {[a.attack_id for a in result.attacks]} differ from those that ran {ran}")
@@ -186,6 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     if gaps:
         print(f"  normal operation between attacks: {min(gaps):.0f}-{max(gaps):.0f} s")
 
+    # Incidents (what reaches operators): the same flags grouped by the core's tracker, as the job does.
+    spans = [(table["plant"][0].as_py(), w["start"].timestamp(), w["end"].timestamp()) for w in windows]
+    normal_rows = int((~result.labels).sum())
+    incident_report = evaluate_incidents(attack_incidents, spans, normal_seconds=float(normal_rows),
+                                         tolerance_s=float(args.tolerance_s))
+    detected_ids = {ran[k] for k in incident_report.detected_events}
+    print("\nincidents (policy " + ", ".join(f"{k} {v:g}" for k, v in detector.incident_policy.items()) + ")")
+    print(incident_report.format())
+    print(f"  attacks without an incident: {sorted(set(ran) - detected_ids) or 'none'}")
+
     normal_figures: dict[str, Any] | None = None
     if args.normal_s > 0:
         normal_start = eval_start + dt.timedelta(seconds=args.eval_s)
@@ -196,12 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         flags = np.asarray(scored["flag"].fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)[status]
         labels = np.zeros(flags.size, dtype=bool)
         episodes = len(label_events(flags))
-        normal_figures = {"seconds": args.normal_s, "seed": args.seed + 2, "start": normal_start.isoformat(),
+        normal_incidents = current_incidents(pa.Table.from_batches([detector.incident_transitions()]))
+        normal_days = flags.size / 86400
+        normal_figures = {"incidents": len(normal_incidents),
+                          "false_incidents_per_day": len(normal_incidents) / normal_days if normal_days else None,"seconds": args.normal_s, "seed": args.seed + 2, "start": normal_start.isoformat(),
                           "scored_rows": int(flags.size), "flagged_rows": int(flags.sum()),
                           "far_pct": false_alarm_rate(flags, labels), "false_alarm_episodes": episodes}
         print(f"attack-free run, {args.normal_s} s (seed {args.seed + 2}): FAR "
               f"{_fmt(normal_figures['far_pct'], 2, ' %')} ({int(flags.sum())} of {flags.size} rows flagged, "
-              f"{episodes} episodes)")
+              f"{episodes} episodes); {len(normal_incidents)} incident(s) = "
+              f"{_fmt(normal_figures['false_incidents_per_day'], 2)} false incidents per day")
 
     report = result.report
     attribution = report.attribution
@@ -216,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  FAR {_fmt(report.far_pct, 2, ' %')} (attack run)"
           + (f", {_fmt(normal_figures['far_pct'], 2, ' %')} (attack-free run)" if normal_figures else ""))
     print(f"  PR-AUC {_fmt(report.pr_auc)}")
+    print(f"  incidents: {incident_report.n_events_detected}/{incident_report.n_events} attacks raised one; "
+          f"median delay to open {_fmt(incident_report.delay_seconds_median, 1)} s; event-wise F1 "
+          f"{_fmt(incident_report.f1)}; false incidents per day {_fmt(incident_report.false_incidents_per_day, 2)}"
+          f" (attack run)" + (f", {_fmt(normal_figures['false_incidents_per_day'], 2)} (attack-free run)"
+                              if normal_figures else ""))
     total = time.monotonic() - started
     print(f"  total {total:.0f} s")
 
@@ -247,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             "pr_auc": report.pr_auc,
         },
         "report": report.to_dict(),
+        "incidents": {**incident_report.to_dict(), "policy": detector.incident_policy,
+                      "attacks_without_incident": sorted(set(ran) - detected_ids)},
         "far_by_time_since_attack": since,
         "false_alarm_episodes": len(fp_runs),
         "attack_free_run": normal_figures,
