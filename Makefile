@@ -19,7 +19,7 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 RUST_SOURCES := $(shell find src -name '*.rs' 2>/dev/null) Cargo.toml Cargo.lock build.rs pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: help install build test test-rust test-python demo bench bench-skab bench-attacks bench-swat-size soak validate clean
+.PHONY: help install build test test-rust test-python demo bench bench-skab bench-attacks bench-detect bench-swat-size soak validate clean
 
 help:
 	@echo "make demo   - run tidewatch end to end on embedded defaults"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make bench-skab - the SKAB detection benchmark against baselines (~5 min)"
 	@echo "make bench-attacks - detection and attribution on the simulator's 36 attacks (~5 min)"
+	@echo "make bench-detect - issue 13: tidewatch vs KNN, PCA T²+Q, IForest, ECOD, random on SKAB, SMAP, simulator, drift (5-20 min)"
 	@echo "make bench-swat-size - spark-submit train.py on 495,000 SWaT-size rows, timed"
 	@echo "make soak   - the long fault, bad-input and memory soak runs"
 	@echo "make build  - build the native extension (release) into the venv"
@@ -83,6 +84,9 @@ bench-skab: install build
 
 bench-attacks: install build
 	$(PY) bench/bench_simulated_attacks.py
+
+bench-detect: install build
+	$(PY) bench/detect.py
 
 bench-swat-size: install build
 	$(PY) bench/swat_size_train.py
