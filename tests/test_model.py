@@ -149,8 +149,13 @@ def test_input_forms_and_bad_inputs():
     with pytest.raises(InputError, match="not in time order"):
         tidewatch.train(pa.concat_tables([table(values[:600], 1000), table(values[600:], 0)]), cfg, sensors=TOY,
                         progress=None)
-    with pytest.raises(InputError, match="calibration has 105 normal windows"):
-        tidewatch.train(table(values[:600]), cfg, sensors=TOY, progress=None)
+    # 600 rows (105 held-out windows, fewer than a 0.995 quantile needs) calibrate with an extrapolated
+    # tail; under 10 held-out windows is refused with the count.
+    small = tidewatch.train(table(values[:600]), cfg, sensors=TOY, progress=None)
+    assert small.thresholds["calibration_windows"] == 105
+    assert small.threshold >= small.thresholds["normal_score_max"]
+    with pytest.raises(InputError, match=r"calibration has \d normal windows; at least 10"):
+        tidewatch.train(table(values[:110]), cfg, sensors=TOY, progress=None)
     with pytest.raises(InputError, match="no held-out window"):
         tidewatch.train(table(values[:40]), cfg, sensors=TOY, progress=None)
 
@@ -165,15 +170,18 @@ def test_save_load_score_identical_and_contract_schema(trained, saved):
     out = det.score(test)
     assert out.equals(trained.detector(device="cpu").score(test)), "saved and in-memory models score alike"
     names = out.schema.names
-    assert names[:10] == ["plant", "timestamp", "status", "score", "flag", "threshold", "top_sensors",
-                          "anomalous_sensors", "reason", "model_version"]
-    assert names[10:] == [f"error_{s}" for s in SENSORS]
+    assert names[:11] == ["plant", "timestamp", "status", "score", "flag", "threshold", "top_sensors",
+                          "anomalous_sensors", "novel_sensors", "reason", "model_version"]
+    assert names[11:] == [f"error_{s}" for s in SENSORS]
     assert all(f.nullable for f in out.schema) and out.schema == det.output_schema
     assert out.schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
     rows = out.to_pylist()
     assert [r["status"] for r in rows[:15]] == ["warmup"] * 15 and rows[15]["status"] == "scored"
     assert rows[0]["score"] is None and rows[0]["model_version"] == det.version
     r = rows[100]
+    # mean: the mean of the per-sensor errors, each over the window's last ceil(16 / 6) = 3 steps
+    th = det.manifest["thresholds"]
+    assert th["score_method"] == "mean" and th["focus_rows"] == 3 and th["pin_constant"]
     assert r["score"] == pytest.approx(np.mean([r[f"error_{s}"] for s in SENSORS]), rel=1e-6)
     assert r["flag"] == (r["score"] > r["threshold"])
     assert len(r["top_sensors"].split(",")) == 3
@@ -457,3 +465,55 @@ def test_cuda_training_reduces_loss_and_scores_on_cpu_alike():
     cpu = model.detector(device="cpu").score(test).column("score").to_numpy(zero_copy_only=False)
     gpu = model.detector(device="cuda").score(test).column("score").to_numpy(zero_copy_only=False)
     assert np.nanmax(np.abs(cpu - gpu)) <= 1e-4
+
+
+def test_a_sensor_constant_in_training_is_named_when_it_moves_and_cannot_swamp_the_score():
+    values = plant_values(1200, 11)
+    values[:, 3] = 1.0  # MV never moves in training (a standby valve)
+    model = tidewatch.train(table(values), dict(QUICK, epochs=2), sensors=TOY, progress=None)
+    assert model.scaler.constant_columns == ["MV"]
+    det = model.detector(device="cpu")
+    test = plant_values(300, 21)
+    test[:, 3] = 1.0
+    still = det.score(batch(test), reset=True).to_pylist()
+    moved = test.copy()
+    moved[100:150, 3] = 75.0  # the valve moves far out of anything seen
+    out = det.score(batch(moved), reset=True).to_pylist()
+    scored = [i for i, r in enumerate(out) if r["status"] == "scored"]
+    assert [out[i]["novel_sensors"] for i in scored] == ["MV" if 100 <= i < 150 else "" for i in scored]
+    # Pinned at its training value, its movement leaves every score as it was (no 75² error).
+    assert [r["score"] for r in out] == [r["score"] for r in still]
+
+
+def test_rows_at_another_sample_period_than_training_raise_one_clear_warning(trained):
+    det = trained.detector(device="cpu")
+    assert det.sample_period_seconds == 1.0
+    slow = table(plant_values(200, 3))
+    slow = slow.set_column(1, "timestamp", pa.array(
+        np.datetime64("2024-02-01T00:00:00", "us") + np.arange(200) * np.timedelta64(10, "s"),
+        pa.timestamp("us", tz="UTC")))
+    with pytest.warns(UserWarning, match=r"plant 'toy': rows arrive every 10 s .* trained on rows every 1 s"):
+        det.score(slow.slice(0, 100), reset=True)
+    assert len(det.take_warnings()) == 1 and det.take_warnings() == []
+    # Said once: the same period in the next call is not repeated.
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error")
+        det.score(slow.slice(100, 100))
+    # Rows at the training period raise nothing.
+    with w.catch_warnings():
+        w.simplefilter("error")
+        det.score(table(plant_values(100, 4), t0=10_000_000), reset=True)
+    assert det.take_warnings() == []
+
+
+def test_whitened_scores_are_the_top_k_mean_of_errors_over_normal_scales():
+    model = tidewatch.train(table(plant_values(1200, 11)), dict(QUICK, epochs=2, score_method="whitened"),
+                            sensors=TOY, progress=None)
+    th = model.manifest["thresholds"]
+    assert th["score_method"] == "whitened" and th["top_k"] == 1 and len(th["scales"]) == 5
+    rows = model.detector(device="cpu").score(batch(plant_values(300, 21))).to_pylist()
+    r = rows[100]
+    z = sorted((r[f"error_{s}"] / scale for s, scale in zip(SENSORS, th["scales"]) if scale > 0), reverse=True)
+    assert r["score"] == pytest.approx(np.mean(z[:th["top_k"]]), rel=1e-6)

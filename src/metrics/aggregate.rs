@@ -81,6 +81,9 @@ pub struct BatchAggregate {
     /// Per plant, the flagged rows and latest scored time, for the incident tracker (src/incidents.rs).
     #[serde(default)]
     evidence: Evidence,
+    /// Warnings raised while scoring (distinct, sorted), for the driver to log.
+    #[serde(default)]
+    warnings: Vec<String>,
 }
 
 impl BatchAggregate {
@@ -102,7 +105,19 @@ impl BatchAggregate {
             latest_event_time_s: None,
             max_score: None,
             evidence: Evidence::default(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// A warning raised while scoring; kept once.
+    pub fn add_warning(&mut self, warning: &str) {
+        if let Err(at) = self.warnings.binary_search_by(|w| w.as_str().cmp(warning)) {
+            self.warnings.insert(at, warning.to_string());
+        }
+    }
+
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// A scored row's incident evidence and score: `plant`, event time, flag, score and the sensors it
@@ -237,6 +252,9 @@ impl BatchAggregate {
             }
         }
         self.evidence.merge(&other.evidence);
+        for w in &other.warnings {
+            self.add_warning(w);
+        }
         Ok(())
     }
 

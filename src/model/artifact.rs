@@ -28,7 +28,10 @@ use crate::windows::WindowSpec;
 use crate::{Error, Result};
 
 pub const FORMAT: &str = "tidewatch-model";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: whitened scores, score focus, constant sensors pinned (thresholds gained `focus_rows`, `scales`,
+/// `top_k`, `pin_constant`); version 1 files still load and score as before.
+pub const FORMAT_VERSION: u32 = 2;
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Where version directories live, next to the user-facing path.
@@ -559,10 +562,17 @@ pub fn parse_manifest(text: &[u8], what: &str) -> Result<Manifest> {
         return Err(Error::Model(format!("{what}: not a tidewatch model manifest (no \"format\": \"{FORMAT}\")")));
     }
     match value.get("format_version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        Some(v) if (u64::from(OLDEST_FORMAT_VERSION)..=u64::from(FORMAT_VERSION)).contains(&v) => {}
+        Some(v) if v > u64::from(FORMAT_VERSION) => {
+            return Err(Error::Model(format!(
+                "{what}: format version {v} is newer than this tidewatch ({}) reads (versions \
+                 {OLDEST_FORMAT_VERSION}-{FORMAT_VERSION}): upgrade tidewatch to load this model",
+                env!("CARGO_PKG_VERSION")
+            )))
+        }
         Some(v) => {
             return Err(Error::Model(format!(
-                "{what}: format version {v}; this tidewatch ({}) reads version {FORMAT_VERSION}",
+                "{what}: format version {v}; this tidewatch ({}) reads versions {OLDEST_FORMAT_VERSION}-{FORMAT_VERSION}",
                 env!("CARGO_PKG_VERSION")
             )))
         }
@@ -662,7 +672,7 @@ mod tests {
     }
 
     fn artifact(seed: u64) -> ModelArtifact {
-        let cfg = ModelConfig { seed, ..small_config() };
+        let cfg = ModelConfig { seed, score_method: ScoreMethod::Mean, ..small_config() };
         let arch = Architecture::new(&cfg, 4).unwrap();
         let vae = LstmVae::new(arch, Device::Cpu, seed).unwrap();
         let scaler = Scaler {
@@ -683,6 +693,10 @@ mod tests {
             calibration_windows: 1000,
             normal_score_max: 0.07,
             normal_score_median: 0.01,
+            focus_rows: 0,
+            scales: vec![],
+            top_k: 0,
+            pin_constant: false,
         };
         let training = TrainingSummary { source: "test".into(), rows: 1200, ..Default::default() };
         ModelArtifact::new(sensors(), scaler, thresholds, cfg, training, vae).unwrap()
@@ -711,11 +725,11 @@ mod tests {
         assert_eq!(loaded.sensors, art.sensors);
         assert_eq!(loaded.source.as_deref(), Some(fs::canonicalize(&report.version_dir).unwrap().as_path()));
         let x = windows();
-        let a = score_windows(&art.vae, &x, 4096).unwrap();
-        let b = score_windows(&loaded.vae, &x, 4096).unwrap();
+        let a = score_windows(&art.vae, &x, 4096, 0).unwrap();
+        let b = score_windows(&loaded.vae, &x, 4096, 0).unwrap();
         assert_eq!(a, b, "scores after save and load are identical");
         let copy = art.to_device(Device::Cpu).unwrap();
-        assert_eq!(score_windows(&copy.vae, &x, 4096).unwrap(), a);
+        assert_eq!(score_windows(&copy.vae, &x, 4096, 0).unwrap(), a);
 
         // The manifest carries what operators and the loader need.
         let text = fs::read_to_string(report.version_dir.join(MANIFEST_FILE)).unwrap();
@@ -839,7 +853,7 @@ mod tests {
             ("empty manifest", Box::new(|d: &Path| fs::write(d.join(MANIFEST_FILE), b"  \n").unwrap()), &["manifest.json", "empty"]),
             ("random manifest", Box::new(|d: &Path| fs::write(d.join(MANIFEST_FILE), [0x13u8, 0xff, 0x00, 0x41]).unwrap()), &["manifest.json", "not valid JSON"]),
             ("foreign JSON", Box::new(|d: &Path| fs::write(d.join(MANIFEST_FILE), br#"{"name": "package.json"}"#).unwrap()), &["not a tidewatch model manifest"]),
-            ("newer format", Box::new(|d: &Path| edit_manifest(d, |v| v["format_version"] = 2.into())), &["format version 2"]),
+            ("newer format", Box::new(|d: &Path| edit_manifest(d, |v| v["format_version"] = 3.into())), &["format version 3", "upgrade tidewatch"]),
             ("missing field", Box::new(|d: &Path| edit_manifest(d, |v| { v.as_object_mut().unwrap().remove("scaler"); })), &["manifest.json", "scaler"]),
             ("sensor count mismatch", Box::new(|d: &Path| edit_manifest(d, |v| {
                 v["sensors"].as_array_mut().unwrap().push("e".into());

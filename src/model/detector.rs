@@ -94,7 +94,15 @@ pub struct ScoreOutcome {
     pub rows_warmup: usize,
     pub rows_quarantined: usize,
     pub rows_flagged: usize,
+    /// Problems worth telling the user that do not stop scoring (e.g. a sample period unlike training's).
+    pub warnings: Vec<String>,
 }
+
+/// A plant's rows must arrive this many times faster or slower than the training data's before a
+/// warning is raised (windows then span a different stretch of time than the model learnt).
+pub const PERIOD_TOLERANCE: f64 = 2.0;
+/// Steps of a plant a call must hold before its sample period is judged.
+pub const PERIOD_MIN_STEPS: usize = 10;
 
 pub struct Detector {
     /// The user-facing model path (None: built in memory).
@@ -114,6 +122,70 @@ pub struct Detector {
     /// Flags grouped into incidents per plant (src/incidents.rs), and the transitions not yet taken.
     incidents: IncidentTracker,
     transitions: Vec<Transition>,
+    /// Sensors constant in training that enter the network pinned (see `Thresholds::pin_constant`),
+    /// with their training value.
+    pinned: Vec<(usize, f64)>,
+    /// Warnings not yet taken, and the plants warned about a sample period (once each until it recovers).
+    warnings: Vec<String>,
+    period_warned: std::collections::HashSet<String>,
+}
+
+/// Sensors the model pins: constant in training, for a model that pins them.
+fn pinned_sensors(model: &ModelArtifact) -> Vec<(usize, f64)> {
+    if !model.thresholds().pin_constant {
+        return Vec::new();
+    }
+    let scaler = model.scaler();
+    model
+        .sensors
+        .sensors()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| scaler.constant_columns.contains(s))
+        .map(|(j, _)| (j, scaler.offset[j]))
+        .collect()
+}
+
+/// A warning per plant whose rows in this call arrive at a period unlike the training data's
+/// (median step off by more than PERIOD_TOLERANCE times), once until the period recovers.
+fn period_warnings(
+    warned: &mut std::collections::HashSet<String>,
+    trained: Option<f64>,
+    window: usize,
+    steps: HashMap<&str, Vec<i64>>,
+) -> Vec<String> {
+    let Some(trained) = trained.filter(|p| *p > 0.0) else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut plants: Vec<(&str, Vec<i64>)> = steps.into_iter().collect();
+    plants.sort_by(|a, b| a.0.cmp(b.0));
+    for (plant, mut s) in plants {
+        if s.len() < PERIOD_MIN_STEPS {
+            continue;
+        }
+        let mid = s.len() / 2;
+        let observed = *s.select_nth_unstable(mid).1 as f64 / 1e6;
+        let ratio = observed / trained;
+        let off = !(1.0 / PERIOD_TOLERANCE..=PERIOD_TOLERANCE).contains(&ratio);
+        if off && warned.insert(plant.to_string()) {
+            out.push(format!(
+                "plant '{plant}': rows arrive every {observed} s (median step), the model was trained on rows every \
+                 {trained} s: a window of {} rows spans {} s instead of {} s, so scores are not comparable with \
+                 training; resample the data to {trained} s or train a model at this rate",
+                window,
+                observed * window as f64,
+                trained * window as f64
+            ));
+        } else if !off {
+            warned.remove(plant);
+        }
+    }
+    out
+}
+
+/// Whether a pinned sensor's reading differs from its training value (beyond float noise).
+#[inline]
+fn moved(value: f64, trained: f64) -> bool {
+    (value - trained).abs() > 1e-9 * trained.abs().max(1.0)
 }
 
 impl std::fmt::Debug for Detector {
@@ -136,6 +208,7 @@ fn output_schema(sensors: &SensorSet) -> SchemaRef {
         Field::new("threshold", DataType::Float64, true),
         Field::new("top_sensors", DataType::Utf8, true),
         Field::new("anomalous_sensors", DataType::Utf8, true),
+        Field::new("novel_sensors", DataType::Utf8, true),
         Field::new("reason", DataType::Utf8, true),
         Field::new("model_version", DataType::Utf8, true),
     ];
@@ -193,6 +266,9 @@ impl Detector {
         Ok(Detector {
             incidents,
             transitions: Vec::new(),
+            pinned: pinned_sensors(&model),
+            warnings: Vec::new(),
+            period_warned: Default::default(),
             path: None,
             device,
             schema: output_schema(&model.sensors),
@@ -307,6 +383,11 @@ impl Detector {
         std::mem::take(&mut self.transitions)
     }
 
+    /// Warnings of the calls since the last take (see `ScoreOutcome::warnings`).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
     /// Incidents still open, per plant.
     pub fn open_incidents(&self) -> Vec<&Incident> {
         self.incidents.open_incidents()
@@ -347,6 +428,7 @@ impl Detector {
                 let same_stream = model.sensors == self.model.sensors && model.window_spec() == self.model.window_spec();
                 self.schema = output_schema(&model.sensors);
                 self.batch_size = model.manifest.config.score_batch_for(self.device);
+                self.pinned = pinned_sensors(&model);
                 self.model = model;
                 self.fingerprint = fingerprint;
                 if !same_stream {
@@ -391,6 +473,7 @@ impl Detector {
 
         // 1. Sort rows into quarantined, context and per-plant streams, in input order.
         let mut outcome: Vec<Outcome> = vec![Outcome::Warmup; n];
+        let mut steps: HashMap<&str, Vec<i64>> = HashMap::new();
         let mut problems = matrix.problems().iter().peekable();
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
         let mut group_of: HashMap<&str, usize> = HashMap::new();
@@ -426,7 +509,10 @@ impl Detector {
                         // row of a time is kept.
                         Some(&last) if t < last => reason = Some(REASON_OUT_OF_ORDER.into()),
                         Some(&last) if t == last => reason = Some(REASON_DUPLICATE.into()),
-                        _ => {
+                        previous => {
+                            if let Some(&last) = previous {
+                                steps.entry(key).or_default().push(t - last);
+                            }
                             self.last_time.insert(key.to_string(), t);
                         }
                     }
@@ -446,9 +532,20 @@ impl Detector {
             groups[g].1.push(i);
         }
 
+        let warnings = period_warnings(
+            &mut self.period_warned,
+            self.model.manifest.training.sample_period_seconds,
+            self.model.window_spec().length,
+            steps,
+        );
+
         // 2. Push each stream's rows; collect the windows that score an output row (and each stream's
         //    newest window, kept for later rows), over one scaled series for all streams.
         let scaler = self.model.scaler();
+        let mut is_pinned = vec![false; f];
+        for &(j, _) in &self.pinned {
+            is_pinned[j] = true;
+        }
         let get = |r: usize, j: usize| matrix.value(r, j);
         let mut series: Vec<f32> = Vec::new();
         let mut starts: Vec<i64> = Vec::new();
@@ -487,7 +584,8 @@ impl Detector {
                 series.reserve(plan.combined_rows() * f);
                 for pos in 0..plan.combined_rows() {
                     for j in 0..f {
-                        series.push(scaled_input(scaler.apply(plan.value(pos, j, &get), j)));
+                        let scaled = if is_pinned[j] { 0.0 } else { scaler.apply(plan.value(pos, j, &get), j) };
+                        series.push(scaled_input(scaled));
                     }
                 }
             }
@@ -501,7 +599,8 @@ impl Detector {
             let rows = (series.len() / f) as i64;
             let tensor = Tensor::from_slice(&series).view([rows, f as i64]).to_device(self.device);
             drop(series);
-            Some(score_starts(&self.model.vae, &tensor, &starts, self.batch_size)?)
+            let focus = self.model.thresholds().focus_rows;
+            Some(score_starts(&self.model.vae, &tensor, &starts, self.batch_size, focus)?)
         };
         for (row, k, fresh) in row_slots {
             outcome[row] = match fresh {
@@ -533,6 +632,9 @@ impl Detector {
         let mut aggregate = aggregate;
         if let Some(agg) = aggregate.as_deref_mut() {
             agg.add_windows(windows_scored as u64);
+            for w in &warnings {
+                agg.add_warning(w);
+            }
         }
         let mut evidence = Evidence::default();
         let out = self.build_output(&outcome, results.as_ref(), plants.as_ref(), times.as_ref(), &matrix, aggregate, &mut evidence)?;
@@ -548,7 +650,9 @@ impl Detector {
                 Outcome::Context => {}
             }
         }
+        self.warnings.extend(warnings.iter().cloned());
         Ok(ScoreOutcome {
+            warnings,
             rows_flagged: out.1,
             batch: out.0,
             windows_scored,
@@ -585,6 +689,7 @@ impl Detector {
         let mut thr_b = Float64Builder::with_capacity(rows);
         let mut top_b = StringBuilder::with_capacity(rows, rows * 24);
         let mut anom_b = StringBuilder::with_capacity(rows, rows * 4);
+        let mut novel_b = StringBuilder::with_capacity(rows, 0);
         let mut reason_b = StringBuilder::new();
         let mut version_b = StringBuilder::with_capacity(rows, rows * version.len());
         let mut error_b: Vec<Float64Builder> = (0..f).map(|_| Float64Builder::with_capacity(rows)).collect();
@@ -649,6 +754,7 @@ impl Detector {
                     thr_b.append_null();
                     top_b.append_null();
                     anom_b.append_null();
+                    novel_b.append_null();
                     error_b.iter_mut().for_each(|b| b.append_null());
                     continue;
                 }
@@ -692,6 +798,17 @@ impl Detector {
             } else {
                 anom_b.append_value("");
             }
+            // Sensors constant in training whose reading has moved: named, not scored.
+            text.clear();
+            for &(j, trained) in &self.pinned {
+                if moved(matrix.value(i, j), trained) {
+                    if !text.is_empty() {
+                        text.push(',');
+                    }
+                    text.push_str(&names[j]);
+                }
+            }
+            novel_b.append_value(&text);
             evidence.record(plant, event_time_s, flag, f64::from(score), &named);
             if let Some(agg) = aggregate.as_deref_mut() {
                 agg.record_evidence(plant, event_time_s, flag, f64::from(score), &named);
@@ -711,6 +828,7 @@ impl Detector {
             Arc::new(thr_b.finish()),
             Arc::new(top_b.finish()),
             Arc::new(anom_b.finish()),
+            Arc::new(novel_b.finish()),
             Arc::new(reason_b.finish()),
             Arc::new(version_b.finish()),
         ];
@@ -864,10 +982,12 @@ mod tests {
             assert_eq!(top[i].as_deref().unwrap().split(',').count(), 3);
         }
         assert_eq!(anomalous[20].as_deref(), if flags[20] == Some(true) { anomalous[20].as_deref() } else { Some("") });
-        // The score is the mean of the per-sensor errors.
+        // The score is the thresholds' score of the per-sensor errors (mean: their mean).
         let errs: Vec<Vec<Option<f64>>> = toy_sensors().sensors().iter().map(|s| floats(b, &format!("error_{s}"))).collect();
-        let mean = errs.iter().map(|c| c[100].unwrap()).sum::<f64>() / 5.0;
-        assert!((mean - scores[100].unwrap()).abs() < 1e-6 * mean);
+        let row: Vec<f32> = errs.iter().map(|c| c[100].unwrap() as f32).collect();
+        let mean = row.iter().sum::<f32>() / row.len() as f32;
+        let want = det.model().thresholds().window_score(mean, &row);
+        assert!((want - scores[100].unwrap()).abs() < 1e-6 * want, "{want} vs {:?}", scores[100]);
 
         // An override threshold applies to every scored row.
         det.set_threshold(Some(0.0)).unwrap();

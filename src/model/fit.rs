@@ -186,6 +186,11 @@ impl Rows {
 
 /// Trains, calibrates and assembles a model from record batches of normal operation.
 ///
+/// Per sensor: whether it was constant in the training data (the scaler's report).
+pub fn constant_flags(scaler: &Scaler, sensors: &SensorSet) -> Vec<bool> {
+    sensors.sensors().iter().map(|s| scaler.constant_columns.contains(s)).collect()
+}
+
 /// `data`: rows in time order per plant (columns: the sensors by name; optional `plant`, `timestamp`).
 /// `validation`: held-out normal rows; when None, the end of every segment of `data` is held out.
 /// `scaler`: fitted on training data by the caller; when None, a min-max scaler is fitted here on the
@@ -268,8 +273,8 @@ pub fn fit(
     check_calibration_size(calibration_windows.len(), config)?;
     let trained = train(config, &train_windows, &stopping_windows, progress)?;
     let device = parse_device(&config.device)?;
-    let normal = score_window_set(&trained.vae, &calibration_windows, config.score_batch_for(device))?;
-    let thresholds = calibrate(&normal, config)?;
+    let normal = score_window_set(&trained.vae, &calibration_windows, config.score_batch_for(device), config.focus_rows())?;
+    let thresholds = calibrate(&normal, config, config.focus_rows(), &constant_flags(&scaler, sensors))?;
 
     let time_range = [train_rows.time_range, val_rows.as_ref().and_then(|v| v.time_range)]
         .into_iter()
@@ -333,8 +338,12 @@ pub fn import_weights(
     drop(values);
     let windows = series.windows(config.window, config.stride);
     check_calibration_size(windows.len(), config)?;
-    let normal = score_window_set(&vae, &windows, config.score_batch_for(device))?;
-    let thresholds = calibrate(&normal, config)?;
+    // Imported weights score as the code that trained them did: over the whole window, unless the
+    // config asks for a focus.
+    let focus = if config.score_focus == 0 { config.window } else { config.focus_rows() };
+    let normal = score_window_set(&vae, &windows, config.score_batch_for(device), focus)?;
+    let mut thresholds = calibrate(&normal, config, focus, &constant_flags(&scaler, sensors))?;
+    thresholds.pin_constant = false; // the legacy network saw such columns move
     let summary = TrainingSummary {
         source: source.to_string(),
         rows: rows.refs.len() as u64,

@@ -2,8 +2,10 @@
 //!
 //! The reconstruction comes from the latent MEAN (no sampling), so a window's score depends only on
 //! the window and the weights: reproducible, and the same whichever mini-batch the window lands in.
-//! Per window: score = mean squared error over its W×F values (scaled space); per-sensor error =
-//! mean over the W steps of that sensor's squared error.
+//! Per window: per-sensor error = mean over the window's last `focus` steps (all W when `focus` is 0 or
+//! W) of that sensor's squared error (scaled space); score = the mean of the per-sensor errors. A short
+//! focus scores a row by how well the rows just before it are reconstructed, so a flag does not linger
+//! W-1 rows after an anomaly has left the window's end.
 use tch::{Device, Kind, Tensor};
 
 use super::train::{gather_windows, WindowSet};
@@ -49,9 +51,18 @@ impl WindowScores {
 /// so streaming in any chunking reproduces one-shot scores exactly (checked by the tests below).
 pub const MIN_FORWARD_BATCH: i64 = 8;
 
-/// Score [B] and per-sensor errors [B, F] of one mini-batch x [B, W, F] already on the model's device.
-/// Call under `tch::no_grad`.
-pub fn score_batch(vae: &LstmVae, x: &Tensor) -> (Tensor, Tensor) {
+/// The steps a per-sensor error averages over: the last `focus` of W (0 or more than W: all W).
+pub fn focus_steps(focus: usize, window: usize) -> usize {
+    if focus == 0 || focus > window {
+        window
+    } else {
+        focus
+    }
+}
+
+/// Score [B] and per-sensor errors [B, F] of one mini-batch x [B, W, F] already on the model's device,
+/// over the last `focus` steps (see `focus_steps`). Call under `tch::no_grad`.
+pub fn score_batch(vae: &LstmVae, x: &Tensor, focus: usize) -> (Tensor, Tensor) {
     let b = x.size()[0];
     let padded;
     let input = if b > 0 && b < MIN_FORWARD_BATCH {
@@ -63,7 +74,11 @@ pub fn score_batch(vae: &LstmVae, x: &Tensor) -> (Tensor, Tensor) {
         x
     };
     let out = vae.forward(input, None);
-    let per_sensor = (&out.reconstruction - input).square().mean_dim(1, false, Kind::Float).narrow(0, 0, b);
+    let w = x.size()[1];
+    let steps = focus_steps(focus, w as usize) as i64;
+    let squared = (&out.reconstruction - input).square();
+    let squared = if steps < w { squared.narrow(1, w - steps, steps) } else { squared };
+    let per_sensor = squared.mean_dim(1, false, Kind::Float).narrow(0, 0, b);
     let score = per_sensor.mean_dim(1, false, Kind::Float);
     (score, per_sensor)
 }
@@ -81,7 +96,7 @@ fn check_shape(vae: &LstmVae, size: &[i64], what: &str) -> Result<()> {
 }
 
 /// Scores windows [N, W, F] (f32, on any device) in mini-batches of `batch_size` on the model's device.
-pub fn score_windows(vae: &LstmVae, windows: &Tensor, batch_size: usize) -> Result<WindowScores> {
+pub fn score_windows(vae: &LstmVae, windows: &Tensor, batch_size: usize, focus: usize) -> Result<WindowScores> {
     check_shape(vae, &windows.size(), "score_windows")?;
     if windows.kind() != Kind::Float {
         return Err(Error::Input(format!("score_windows: windows must be float32, got {:?}", windows.kind())));
@@ -96,7 +111,7 @@ pub fn score_windows(vae: &LstmVae, windows: &Tensor, batch_size: usize) -> Resu
         while from < n {
             let len = batch.min(n - from);
             let x = windows.narrow(0, from, len).to_device(vae.device());
-            let (s, e) = score_batch(vae, &x);
+            let (s, e) = score_batch(vae, &x, focus);
             out.append(&s, &e)?;
             from += len;
         }
@@ -106,14 +121,14 @@ pub fn score_windows(vae: &LstmVae, windows: &Tensor, batch_size: usize) -> Resu
 }
 
 /// Scores every window of a set (e.g. held-out normal windows for calibration).
-pub fn score_window_set(vae: &LstmVae, set: &WindowSet, batch_size: usize) -> Result<WindowScores> {
+pub fn score_window_set(vae: &LstmVae, set: &WindowSet, batch_size: usize, focus: usize) -> Result<WindowScores> {
     check_shape(vae, &[0, set.window() as i64, set.n_features() as i64], "score_window_set")?;
-    score_starts(vae, &set.series_on(vae.device()), set.starts(), batch_size)
+    score_starts(vae, &set.series_on(vae.device()), set.starts(), batch_size, focus)
 }
 
 /// Scores the windows of `series` [T, F] (on the model's device) that start at the rows `starts`,
 /// gathering each mini-batch on the device.
-pub fn score_starts(vae: &LstmVae, series: &Tensor, starts: &[i64], batch_size: usize) -> Result<WindowScores> {
+pub fn score_starts(vae: &LstmVae, series: &Tensor, starts: &[i64], batch_size: usize, focus: usize) -> Result<WindowScores> {
     let arch = vae.architecture();
     check_shape(vae, &[0, arch.window as i64, series.size()[1]], "score_starts")?;
     let n = starts.len() as i64;
@@ -130,7 +145,7 @@ pub fn score_starts(vae: &LstmVae, series: &Tensor, starts: &[i64], batch_size: 
         while from < n {
             let len = batch.min(n - from);
             let x = gather_windows(series, &starts.narrow(0, from, len), arch.window);
-            let (s, e) = score_batch(vae, &x);
+            let (s, e) = score_batch(vae, &x, focus);
             out.append(&s, &e)?;
             from += len;
         }
@@ -193,20 +208,20 @@ mod tests {
         let values = plant_series(300, 1);
         let set = TrainingSeries::new(&values, f, &[300]).unwrap().windows(cfg.window, 1);
         let windows = set.materialise(0, set.len());
-        let whole = score_windows(&vae, &windows, 4096).unwrap();
+        let whole = score_windows(&vae, &windows, 4096, 0).unwrap();
         assert_eq!(whole.len(), 285);
         assert_eq!(whole.sensor_errors.len(), 285 * f);
         for batch in [1, 7, 64] {
-            assert_eq!(score_windows(&vae, &windows, batch).unwrap(), whole, "batch {batch}");
+            assert_eq!(score_windows(&vae, &windows, batch, 0).unwrap(), whole, "batch {batch}");
         }
-        assert_eq!(score_window_set(&vae, &set, 100).unwrap(), whole);
+        assert_eq!(score_window_set(&vae, &set, 100, 0).unwrap(), whole);
         // score = mean of the per-sensor errors
         for i in [0, 100, 284] {
             let mean: f32 = whole.sensor_errors_of(i).iter().sum::<f32>() / f as f32;
             assert!((mean - whole.scores[i]).abs() <= 1e-6 * mean.max(1e-6));
         }
         let wrong = Tensor::zeros([2, 5, 5], (Kind::Float, Device::Cpu));
-        let err = score_windows(&vae, &wrong, 10).unwrap_err().to_string();
+        let err = score_windows(&vae, &wrong, 10, 0).unwrap_err().to_string();
         assert!(err.contains("[N, 16, 5]"), "{err}");
     }
 
@@ -217,9 +232,9 @@ mod tests {
         let vae = LstmVae::new(Architecture::new(&cfg, f).unwrap(), Device::Cpu, 9).unwrap();
         let n = 1500;
         let windows = Tensor::rand([n, cfg.window as i64, f as i64], (Kind::Float, Device::Cpu));
-        let whole = score_windows(&vae, &windows, 4096).unwrap();
+        let whole = score_windows(&vae, &windows, 4096, 0).unwrap();
         for batch in [1, 2, 3, 8, 31, 64, 255, 256, 1000, 1499] {
-            let chunked = score_windows(&vae, &windows, batch).unwrap();
+            let chunked = score_windows(&vae, &windows, batch, 0).unwrap();
             assert_eq!(chunked, whole, "scores in mini-batches of {batch} differ from one batch");
         }
     }
@@ -235,7 +250,7 @@ mod tests {
         let model =
             train(&cfg, &tr.windows(cfg.window, cfg.train_stride), &validation, |_| ControlFlow::Continue(()))
                 .unwrap();
-        let thresholds = calibrate(&score_window_set(&model.vae, &validation, 4096).unwrap(), &cfg).unwrap();
+        let thresholds = calibrate(&score_window_set(&model.vae, &validation, 4096, 0).unwrap(), &cfg, 0, &[]).unwrap();
 
         // Scores a fresh stretch of the same plant with rows 200..260 altered by `plant`; returns the
         // AUC of normal windows (no altered row) against windows at least half inside the anomaly
@@ -249,7 +264,7 @@ mod tests {
                 plant(&mut test[t * f..(t + 1) * f]);
             }
             let set = TrainingSeries::new(&test, f, &[500]).unwrap().windows(cfg.window, 1);
-            let scores = score_window_set(&model.vae, &set, 4096).unwrap();
+            let scores = score_window_set(&model.vae, &set, 4096, 0).unwrap();
             let (mut picked, mut labels, mut top) = (Vec::new(), Vec::new(), Vec::new());
             for (i, &s) in set.starts().iter().enumerate() {
                 let (s, e) = (s as usize, s as usize + cfg.window);

@@ -162,6 +162,12 @@ impl PyBatchAggregate {
         Ok(d)
     }
 
+    /// Warnings raised while scoring the rows of this aggregate (distinct, sorted).
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.0.warnings().to_vec()
+    }
+
     #[getter]
     fn latest_event_time_s(&self) -> Option<f64> {
         self.0.latest_event_time_s()

@@ -34,6 +34,15 @@ fn py_to_json(value: &Bound<'_, PyAny>) -> PyResult<String> {
     value.py().import("json")?.call_method1("dumps", (value,))?.extract()
 }
 
+/// Issues each warning as a Python `UserWarning`.
+fn warn_all(py: Python<'_>, warnings: &[String]) -> PyResult<()> {
+    for w in warnings {
+        let text = std::ffi::CString::new(w.replace('\0', " ")).expect("NULs replaced");
+        PyErr::warn(py, &py.get_type::<pyo3::exceptions::PyUserWarning>(), &text, 1)?;
+    }
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves the value consistent enough to keep using (no partial writes
     // outside libtorch calls), so a poisoned lock is not fatal.
@@ -341,6 +350,7 @@ impl PyDetector {
                 let b = b.into_inner();
                 let outcome = py.detach(|| lock(inner).score_into(&b, agg)).map_err(to_py)?;
                 let out = outcome.batch.clone();
+                warn_all(py, &outcome.warnings)?;
                 *lock(&self.last) = Some(outcome);
                 PyRecordBatch::new(out).into_pyarrow(py)
             }
@@ -364,12 +374,16 @@ impl PyDetector {
                                     rows_warmup: t.rows_warmup + o.rows_warmup,
                                     rows_quarantined: t.rows_quarantined + o.rows_quarantined,
                                     rows_flagged: t.rows_flagged + o.rows_flagged,
+                                    warnings: [t.warnings, o.warnings].concat(),
                                 },
                             });
                         }
                         Ok((outs, total))
                     })
                     .map_err(to_py)?;
+                if let Some(o) = &last {
+                    warn_all(py, &o.warnings)?;
+                }
                 *lock(&self.last) = last;
                 let schema = lock(inner).output_schema();
                 PyTable::try_new(outs, schema)?.into_pyarrow(py)
@@ -403,6 +417,12 @@ impl PyDetector {
         let mut d = lock(&self.inner);
         let transitions = d.take_incident_transitions();
         super::incidents::transitions_to_py(py, &transitions, d.sensors())
+    }
+
+    /// Warnings raised by the calls since the last take (e.g. rows arriving at a sample period unlike
+    /// the training data's), oldest first. Each is also issued as a Python `UserWarning` by `score`.
+    fn take_warnings(&self) -> Vec<String> {
+        lock(&self.inner).take_warnings()
     }
 
     /// The incidents still open, as dicts.

@@ -106,6 +106,7 @@ class InferenceJob:
         self.last_rows_at = time.monotonic()
         self.in_batch = False  # the idle stop never interrupts a batch in progress
         self.summaries: list[BatchSummary] = []
+        self.warned: set[str] = set()
         log.info("metrics on http://%s:%d/metrics; model %s", args.metrics_host, self.server.port, self.detector.version)
 
     # -- model hot reload -------------------------------------------------------------------------
@@ -277,6 +278,10 @@ class InferenceJob:
             self._write_atomic(self.state_dir / f"tail-{batch_id}.parquet", lambda p: pq.write_table(tail_table, p))
 
         aggregate = kernel.merge_aggregates(self.sensors, payloads)
+        for warning in aggregate.warnings:
+            if warning not in self.warned:  # each worker warns once; the job logs each text once
+                self.warned.add(warning)
+                log.warning("%s", warning)
         for reason, count in q_counts.items():
             aggregate.record_quarantined(reason, count)
         seconds = time.monotonic() - started
