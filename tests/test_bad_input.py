@@ -390,7 +390,9 @@ def test_huge_value_regression(detector: tidewatch.Detector) -> None:
     for row in rows:
         if row["status"] == "scored":
             assert not math.isnan(row["score"]) and (math.isfinite(row["score"]) or row["flag"]), row
-    covering = [r for i, r in enumerate(rows) if 6 <= i < 6 + detector.window and r["status"] == "scored"]
+    # A row's score looks at its window's last focus_rows steps: the rows whose focus holds the absurd row.
+    focus = detector.manifest["thresholds"].get("focus_rows") or detector.window
+    covering = [r for i, r in enumerate(rows) if 6 <= i < 6 + focus and r["status"] == "scored"]
     assert covering, "some scored window holds the absurd row"
     for row in covering:
         assert row["flag"], row
