@@ -132,4 +132,12 @@ def print_summary(work: Path, summaries, metrics_text: str) -> None:
     outcomes = event_outcomes(flags, labels)
     detected, total = sum(o.detected for o in outcomes), len(outcomes)
     print(f"attacks detected: {detected} of {total}; flagged rows {int(flags.sum())} of {int(scored_mask.sum())}")
-    print(f"results: {work / 'results'}   quarantine: {work / 'quarantine'}")
+    from tidewatch.incidents import current_incidents, read_transitions
+
+    incidents = current_incidents(read_transitions(work / "results"))
+    print(f"incidents: {len(incidents)}")
+    for inc in incidents[:5]:
+        print(f"  {inc['start']:%Y-%m-%d %H:%M:%S} {inc['status']:<6} {inc['duration_seconds']:>6.0f} s  "
+              f"stages {inc['stages'] or '-'}  sensors {inc['sensors'] or '-'}")
+    print(f"results: {work / 'results'}   quarantine: {work / 'quarantine'}   "
+          f"incidents: python -m tidewatch incidents {work / 'results'}")
