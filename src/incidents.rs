@@ -51,6 +51,16 @@ impl IncidentPolicy {
         IncidentPolicy { min_duration_s: (10.0 * p).max(10.0), gap_s: (5.0 * p).max(5.0), quiet_s: (30.0 * p).max(60.0) }
     }
 
+    /// `for_period(period_s)` with any of its three durations given instead.
+    pub fn for_period_with(period_s: f64, min_duration_s: Option<f64>, gap_s: Option<f64>, quiet_s: Option<f64>) -> Self {
+        let d = Self::for_period(period_s);
+        IncidentPolicy {
+            min_duration_s: min_duration_s.unwrap_or(d.min_duration_s),
+            gap_s: gap_s.unwrap_or(d.gap_s),
+            quiet_s: quiet_s.unwrap_or(d.quiet_s),
+        }
+    }
+
     pub fn check(&self) -> Result<()> {
         for (name, v) in [("min_duration_s", self.min_duration_s), ("gap_s", self.gap_s), ("quiet_s", self.quiet_s)] {
             if !(v.is_finite() && v >= 0.0) {
@@ -479,6 +489,10 @@ mod tests {
         assert_eq!(IncidentPolicy::for_period(1.0), IncidentPolicy { min_duration_s: 10.0, gap_s: 5.0, quiet_s: 60.0 });
         assert_eq!(IncidentPolicy::for_period(60.0), IncidentPolicy { min_duration_s: 600.0, gap_s: 300.0, quiet_s: 1800.0 });
         assert_eq!(IncidentPolicy::for_period(f64::NAN), IncidentPolicy::for_period(1.0));
+        assert_eq!(
+            IncidentPolicy::for_period_with(60.0, None, Some(7.0), None),
+            IncidentPolicy { min_duration_s: 600.0, gap_s: 7.0, quiet_s: 1800.0 }
+        );
         assert!(IncidentTracker::new(&sensors(), IncidentPolicy { quiet_s: f64::NAN, ..policy() }).is_err());
     }
 

@@ -123,10 +123,20 @@ impl BatchAggregate {
     /// A scored row's incident evidence and score: `plant`, event time, flag, score and the sensors it
     /// names anomalous (indices). Called beside `record_scored`.
     pub fn record_evidence(&mut self, plant: &str, event_time_s: f64, flagged: bool, score: f64, anomalous: &[usize]) {
+        self.note_score(score);
+        self.evidence.record(plant, event_time_s, flagged, score, anomalous);
+    }
+
+    /// A scored row's score, for the batch's largest (finite scores only).
+    pub fn note_score(&mut self, score: f64) {
         if score.is_finite() && self.max_score.is_none_or(|m| score > m) {
             self.max_score = Some(score);
         }
-        self.evidence.record(plant, event_time_s, flagged, score, anomalous);
+    }
+
+    /// Evidence recorded elsewhere (the Detector's, for its own tracker) added to this aggregate's.
+    pub fn add_evidence(&mut self, evidence: &Evidence) {
+        self.evidence.merge(evidence);
     }
 
     /// One scored row. `per_sensor_error` and `values` are in the sensor set's order (one per sensor);
@@ -247,9 +257,7 @@ impl BatchAggregate {
             self.note_event_time(t);
         }
         if let Some(m) = other.max_score {
-            if self.max_score.is_none_or(|mine| m > mine) {
-                self.max_score = Some(m);
-            }
+            self.note_score(m);
         }
         self.evidence.merge(&other.evidence);
         for w in &other.warnings {

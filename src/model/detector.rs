@@ -152,11 +152,10 @@ fn period_warnings(
     warned: &mut std::collections::HashSet<String>,
     trained: Option<f64>,
     window: usize,
-    steps: HashMap<&str, Vec<i64>>,
+    mut plants: Vec<(&str, Vec<i64>)>,
 ) -> Vec<String> {
     let Some(trained) = trained.filter(|p| *p > 0.0) else { return Vec::new() };
     let mut out = Vec::new();
-    let mut plants: Vec<(&str, Vec<i64>)> = steps.into_iter().collect();
     plants.sort_by(|a, b| a.0.cmp(b.0));
     for (plant, mut s) in plants {
         if s.len() < PERIOD_MIN_STEPS {
@@ -473,13 +472,14 @@ impl Detector {
 
         // 1. Sort rows into quarantined, context and per-plant streams, in input order.
         let mut outcome: Vec<Outcome> = vec![Outcome::Warmup; n];
-        let mut steps: HashMap<&str, Vec<i64>> = HashMap::new();
         let mut problems = matrix.problems().iter().peekable();
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut steps: Vec<Vec<i64>> = Vec::new(); // per group
         let mut group_of: HashMap<&str, usize> = HashMap::new();
         for (i, slot) in outcome.iter_mut().enumerate() {
             let is_context = context.as_ref().is_some_and(|c| c.is_valid(i) && c.value(i));
             let mut reason = None;
+            let mut step = None; // since the plant's previous row, for the sample-period check
             while problems.peek().is_some_and(|p| p.row < i) {
                 problems.next();
             }
@@ -510,9 +510,7 @@ impl Detector {
                         Some(&last) if t < last => reason = Some(REASON_OUT_OF_ORDER.into()),
                         Some(&last) if t == last => reason = Some(REASON_DUPLICATE.into()),
                         previous => {
-                            if let Some(&last) = previous {
-                                steps.entry(key).or_default().push(t - last);
-                            }
+                            step = previous.map(|&last| t - last);
                             self.last_time.insert(key.to_string(), t);
                         }
                     }
@@ -527,16 +525,18 @@ impl Detector {
             }
             let g = *group_of.entry(key).or_insert_with(|| {
                 groups.push((key.to_string(), Vec::new()));
+                steps.push(Vec::new());
                 groups.len() - 1
             });
             groups[g].1.push(i);
+            steps[g].extend(step);
         }
 
         let warnings = period_warnings(
             &mut self.period_warned,
             self.model.manifest.training.sample_period_seconds,
             self.model.window_spec().length,
-            steps,
+            groups.iter().map(|(key, _)| key.as_str()).zip(steps).collect(),
         );
 
         // 2. Push each stream's rows; collect the windows that score an output row (and each stream's
@@ -637,7 +637,18 @@ impl Detector {
             }
         }
         let mut evidence = Evidence::default();
-        let out = self.build_output(&outcome, results.as_ref(), plants.as_ref(), times.as_ref(), &matrix, aggregate, &mut evidence)?;
+        let out = self.build_output(
+            &outcome,
+            results.as_ref(),
+            plants.as_ref(),
+            times.as_ref(),
+            &matrix,
+            aggregate.as_deref_mut(),
+            &mut evidence,
+        )?;
+        if let Some(agg) = aggregate {
+            agg.add_evidence(&evidence);
+        }
         let version = self.model.version().to_string();
         let transitions = self.incidents.apply(&evidence, &version);
         self.transitions.extend(transitions);
@@ -811,7 +822,7 @@ impl Detector {
             novel_b.append_value(&text);
             evidence.record(plant, event_time_s, flag, f64::from(score), &named);
             if let Some(agg) = aggregate.as_deref_mut() {
-                agg.record_evidence(plant, event_time_s, flag, f64::from(score), &named);
+                agg.note_score(f64::from(score));
                 row_errors.clear();
                 row_errors.extend(errors.iter().map(|&e| f64::from(e)));
                 row_values.clear();

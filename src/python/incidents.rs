@@ -7,27 +7,12 @@ use pyo3_arrow::PyRecordBatch;
 
 use super::kernels::PySensorSet;
 use super::metrics::{PyBatchAggregate, PyMetricsRegistry};
+use super::model::to_json_value;
 use super::to_py;
 use crate::incidents::{transitions_batch, IncidentPolicy, IncidentTracker, Transition};
-use crate::Error;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// `IncidentPolicy::for_period(sample_period_s)` with any of its three durations replaced.
-pub(crate) fn policy_from(
-    sample_period_s: f64,
-    min_duration_s: Option<f64>,
-    gap_s: Option<f64>,
-    quiet_s: Option<f64>,
-) -> IncidentPolicy {
-    let d = IncidentPolicy::for_period(sample_period_s);
-    IncidentPolicy {
-        min_duration_s: min_duration_s.unwrap_or(d.min_duration_s),
-        gap_s: gap_s.unwrap_or(d.gap_s),
-        quiet_s: quiet_s.unwrap_or(d.quiet_s),
-    }
 }
 
 pub(crate) fn policy_dict<'py>(py: Python<'py>, p: IncidentPolicy) -> PyResult<Bound<'py, PyDict>> {
@@ -66,7 +51,7 @@ impl PyIncidentTracker {
         gap_s: Option<f64>,
         quiet_s: Option<f64>,
     ) -> PyResult<Self> {
-        let policy = policy_from(sample_period_s, min_duration_s, gap_s, quiet_s);
+        let policy = IncidentPolicy::for_period_with(sample_period_s, min_duration_s, gap_s, quiet_s);
         let inner = IncidentTracker::new(&sensors.0, policy).map_err(to_py)?;
         Ok(Self { inner: Mutex::new(inner), last: Mutex::new(Vec::new()) })
     }
@@ -88,9 +73,7 @@ impl PyIncidentTracker {
 
     /// The open incidents as dicts.
     fn open_incidents<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let text = serde_json::to_string(&lock(&self.inner).open_incidents())
-            .map_err(|e| to_py(Error::Config(format!("cannot serialise: {e}"))))?;
-        py.import("json")?.call_method1("loads", (text,))
+        to_json_value(py, &lock(&self.inner).open_incidents())
     }
 
     #[getter]

@@ -25,7 +25,7 @@ fn from_json<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
     py.import("json")?.call_method1("loads", (text,))
 }
 
-fn to_json_value<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn to_json_value<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
     let text = serde_json::to_string(value).map_err(|e| to_py(Error::Config(format!("cannot serialise: {e}"))))?;
     from_json(py, &text)
 }
@@ -442,7 +442,7 @@ impl PyDetector {
     fn set_incident_policy(&self, min_duration_s: Option<f64>, gap_s: Option<f64>, quiet_s: Option<f64>) -> PyResult<()> {
         let mut d = lock(&self.inner);
         let period = d.sample_period_seconds().unwrap_or(1.0);
-        let policy = super::incidents::policy_from(period, min_duration_s, gap_s, quiet_s);
+        let policy = crate::incidents::IncidentPolicy::for_period_with(period, min_duration_s, gap_s, quiet_s);
         d.set_incident_policy(policy).map_err(to_py)
     }
 
