@@ -23,6 +23,7 @@ __all__ = [
     "read_transitions",
     "current_incidents",
     "incidents_from_rows",
+    "median_step_seconds",
     "IncidentReport",
     "evaluate_incidents",
 ]
@@ -75,6 +76,13 @@ def current_incidents(transitions: pa.Table) -> list[dict[str, Any]]:
     return out
 
 
+def median_step_seconds(times_us: Any) -> float:
+    """The median positive step between consecutive times (microseconds), in seconds; 1 s without one."""
+    steps = np.diff(np.asarray(times_us, dtype=np.int64)) / 1e6
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if steps.size else 1.0
+
+
 def incidents_from_rows(
     scored: pa.Table | pa.RecordBatch,
     sensors: Any,
@@ -105,9 +113,7 @@ def incidents_from_rows(
 
     period = sample_period_s
     if period is None:
-        steps = np.diff(times[np.array([s == "scored" for s in status], dtype=bool)]) / 1e6
-        steps = steps[steps > 0]
-        period = float(np.median(steps)) if steps.size else 1.0
+        period = median_step_seconds(times[np.array([s == "scored" for s in status], dtype=bool)])
     agg = BatchAggregate(sensors)
     last_time: dict[str, float] = {}
     for i in range(n):
@@ -185,21 +191,12 @@ def _seconds(value: Any) -> float:
 def label_spans(labels: Sequence[int], times_s: Sequence[float], plants: Sequence[str] | None = None
                 ) -> list[tuple[str, float, float]]:
     """Contiguous labelled rows as (plant, first time, last time), never across plants."""
-    labels = np.asarray(labels).astype(bool)
+    from tidewatch.evaluation import label_events
+
     times = np.asarray(times_s, dtype=np.float64)
-    plants = list(plants) if plants is not None else [""] * len(labels)
-    spans: list[tuple[str, float, float]] = []
-    start = None
-    for i in range(len(labels)):
-        new_plant = i > 0 and plants[i] != plants[i - 1]
-        if start is not None and (not labels[i] or new_plant):
-            spans.append((plants[start], times[start], times[i - 1]))
-            start = None
-        if labels[i] and start is None:
-            start = i
-    if start is not None:
-        spans.append((plants[start], times[start], times[-1]))
-    return spans
+    plants = list(plants) if plants is not None else [""] * len(times)
+    boundaries = [i for i in range(1, len(plants)) if plants[i] != plants[i - 1]]
+    return [(plants[a], float(times[a]), float(times[b - 1])) for a, b in label_events(labels, boundaries)]
 
 
 def evaluate_incidents(

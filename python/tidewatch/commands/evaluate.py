@@ -255,7 +255,7 @@ def _incident_report(frame: Any, args: argparse.Namespace, flags: Any, scores: A
     import pyarrow as pa
 
     from tidewatch._native import SensorSet
-    from tidewatch.incidents import evaluate_incidents, incidents_from_rows, label_spans
+    from tidewatch.incidents import evaluate_incidents, incidents_from_rows, label_spans, median_step_seconds
 
     times_us = np.asarray(timestamps).astype("datetime64[us]").astype(np.int64)
     plants = (frame[args.plant_col].astype(str).to_numpy() if args.plant_col in frame.columns
@@ -272,9 +272,7 @@ def _incident_report(frame: Any, args: argparse.Namespace, flags: Any, scores: A
     if "anomalous_sensors" in frame.columns:
         columns["anomalous_sensors"] = pa.array(frame["anomalous_sensors"].astype(object).where(
             frame["anomalous_sensors"].notna(), None).tolist(), pa.string())
-    steps = np.diff(times_us) / 1e6
-    steps = steps[steps > 0]
-    period = float(np.median(steps)) if steps.size else 1.0
+    period = median_step_seconds(times_us)
     incidents = incidents_from_rows(pa.table(columns), sensors, sample_period_s=period,
                                     min_duration_s=args.incident_min_seconds, quiet_s=args.incident_quiet_seconds)
     times_s = times_us / 1e6

@@ -21,15 +21,6 @@ from pathlib import Path
 log = logging.getLogger("tidewatch.inference")
 
 RESULT_STATUSES = ("scored", "warmup")
-#: Incident transitions live under the results directory; the leading underscore hides them from
-#: Spark's and pyarrow's readers of the results.
-INCIDENTS_DIR = "_incidents"
-
-
-def pa_table(batch):
-    import pyarrow as pa
-
-    return pa.Table.from_batches([batch])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -190,15 +181,19 @@ class InferenceJob:
     def _write_incidents(self, transitions, batch_id: int) -> None:
         """One Parquet file per batch under RESULTS/_incidents (hidden from readers of the results),
         replaced whole on replay: a replayed batch never duplicates a transition."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from tidewatch.incidents import INCIDENTS_DIR
+
         root = Path(self.args.results) / INCIDENTS_DIR
-        root.mkdir(parents=True, exist_ok=True)
-        target = root / f"batch-{batch_id}.parquet"
-        if transitions.num_rows:
-            self._write_atomic(target, lambda p: pq.write_table(pa_table(transitions), p))
-        else:
-            target.unlink(missing_ok=True)
+        with self._sink("incidents", str(root), batch_id):
+            root.mkdir(parents=True, exist_ok=True)
+            target = root / f"batch-{batch_id}.parquet"
+            if transitions.num_rows:
+                self._write_atomic(target, lambda p: pq.write_table(pa.Table.from_batches([transitions]), p))
+            else:
+                target.unlink(missing_ok=True)
 
     # -- the micro-batch ------------------------------------------------------------------------------
     def process_batch(self, df, batch_id: int) -> None:
@@ -287,8 +282,7 @@ class InferenceJob:
         seconds = time.monotonic() - started
         tracker = self._incident_tracker(batch_id)
         transitions = tracker.apply(aggregate, self.detector.version)
-        with self._sink("incidents", str(Path(self.args.results) / INCIDENTS_DIR), batch_id):
-            self._write_incidents(transitions, batch_id)
+        self._write_incidents(transitions, batch_id)
         with self._sink("checkpoint", str(self.state_dir), batch_id):
             self._write_atomic(self.state_dir / f"incidents-{batch_id}.json",
                                lambda p: p.write_text(tracker.to_json()))
