@@ -137,8 +137,9 @@ def native_job(det, batches):
     return run
 
 
-def floor_job(module, windows, batch: int):
-    """(b): the libtorch forward and the per-window error on ready-made, scaled window tensors."""
+def floor_job(module, windows, batch: int, focus: int):
+    """(b): the libtorch forward and the per-window error on ready-made, scaled window tensors; the error
+    over the window's last `focus` steps, as the model's thresholds say (docs/scoring-contract.md)."""
     import torch
 
     def run() -> np.ndarray:
@@ -147,12 +148,12 @@ def floor_job(module, windows, batch: int):
             for a in range(0, len(windows), batch):
                 x = windows[a:a + batch]
                 recon, _, _ = module(x)
-                out.append((recon - x).square().mean(dim=(1, 2)))
+                out.append((recon - x)[:, -focus:].square().mean(dim=(1, 2)))
         return torch.cat(out).numpy()
     return run
 
 
-def reference_job(module, batches, names, offset, scale, window: int, batch: int):
+def reference_job(module, batches, names, offset, scale, window: int, batch: int, focus: int):
     """(c): per record batch, pandas -> numpy scaling -> sliding windows -> PyTorch -> numpy errors."""
     import torch
 
@@ -165,7 +166,7 @@ def reference_job(module, batches, names, offset, scale, window: int, batch: int
             with torch.no_grad():
                 for a in range(0, len(win), batch):
                     recon, _, _ = module(torch.from_numpy(win[a:a + batch]))
-                    scores.append(((recon.numpy() - win[a:a + batch]) ** 2).mean(axis=(1, 2)))
+                    scores.append(((recon.numpy() - win[a:a + batch])[:, -focus:] ** 2).mean(axis=(1, 2)))
         return np.concatenate(scores)
     return run
 
@@ -180,6 +181,8 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     offset = np.array(manifest["scaler"]["offset"])
     scale = np.array(manifest["scaler"]["scale"])
     names = manifest["sensors"]
+    # Steps a per-sensor error averages over (0 or absent: the whole window, format-1 models).
+    focus = manifest["thresholds"].get("focus_rows") or window
     values = swat_like(args.rows, seed=7)
     result: dict[str, Any] = {"mode": args.mode}
 
@@ -206,8 +209,8 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
             scaled = ((values - offset) / scale).astype(np.float32)
             windows = torch.from_numpy(np.ascontiguousarray(
                 np.lib.stride_tricks.sliding_window_view(scaled, window, axis=0).transpose(0, 2, 1)))
-            jobs["floor"] = floor_job(m, windows, args.score_batch)
-            jobs["reference"] = reference_job(m, batches, names, offset, scale, window, args.score_batch)
+            jobs["floor"] = floor_job(m, windows, args.score_batch, focus)
+            jobs["reference"] = reference_job(m, batches, names, offset, scale, window, args.score_batch, focus)
         best: dict[str, float] = {}
         scores: dict[str, np.ndarray] = {}
         for name, job in jobs.items():
@@ -227,7 +230,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         if args.mode == "mem-native":
             job = native_job(detector(), batches)
         else:
-            job = reference_job(module(), batches, names, offset, scale, window, args.score_batch)
+            job = reference_job(module(), batches, names, offset, scale, window, args.score_batch, focus)
         base = rss_mb()
         job()
         result.update(rss_before_mb=base, peak_rss_mb=peak_rss_mb())
