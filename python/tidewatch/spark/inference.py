@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("tidewatch.inference")
@@ -59,6 +59,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master", default=None, help="Spark master (default: spark-submit's, or local[*])")
 
 
+class StageClock:
+    """Wall time per named stage of a micro-batch: `lap(name)` charges the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.stages[name] = self.stages.get(name, 0.0) + now - self._last
+        self._last = now
+
+
 @dataclass
 class BatchSummary:
     batch_id: int
@@ -68,6 +81,9 @@ class BatchSummary:
     quarantined: int
     anomalies: int
     seconds: float
+    # Wall seconds per stage of the batch (in order), for the benchmark's breakdown.
+    stages: dict[str, float] = field(default_factory=dict)
+    finished_at: float = 0.0  # time.monotonic() when the batch was committed
 
 
 class InferenceJob:
@@ -98,6 +114,9 @@ class InferenceJob:
         self.in_batch = False  # the idle stop never interrupts a batch in progress
         self.summaries: list[BatchSummary] = []
         self.warned: set[str] = set()
+        self.query_started: float | None = None  # time.monotonic() when the streaming query started
+        # (batch id, tail, incident tracker, model version) after the batch this job committed last.
+        self._carried = None
         log.info("metrics on http://%s:%d/metrics; model %s", args.metrics_host, self.server.port, self.detector.version)
 
     # -- model hot reload -------------------------------------------------------------------------
@@ -208,112 +227,107 @@ class InferenceJob:
             self.in_batch = False
 
     def _process_batch(self, df, batch_id: int, started: float) -> None:
-        from pyspark.sql import functions as F
-        from pyspark.sql import types as T
+        """One Spark pass: validate (one projection), partition by plant, sort by time, score in
+        `mapInArrow` (see spark/kernel.py), collect to the driver as Arrow. Every sink and the carried state
+        are then written from that one table with pyarrow: the batch is never computed twice."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
 
         from tidewatch.spark import kernel, validate as V
 
+        clock = StageClock()
         self.check_model()
-        spark = self.spark
-        window = self.detector.window
-        sensors = self.sensors.sensors
+        tail, tracker = self._state_before(batch_id)
+        clock.lap("model check, carried state")
 
-        checked = V.validate(df, sensors, self.plant)
-        tail = self._tail_before(batch_id)
-        last_seen = None
-        if tail is not None and tail.num_rows:
-            tail_df = spark.createDataFrame(tail)  # from Arrow, no pandas
-            last_seen = tail_df.groupBy(V.PLANT).agg(F.max(V.TIMESTAMP).alias("last_ts"))
-        kept, late_or_dup = V.split_duplicates(checked.valid, last_seen)
-        kept = kept.drop(V.ROW_ID).withColumn("_tw_context", F.lit(False))
-        combined = kept
-        if tail is not None and tail.num_rows:
-            combined = kept.unionByName(tail_df.withColumn("_tw_context", F.lit(True)), allowMissingColumns=True)
-        combined = combined.persist()
+        table = self.score_frame(df, tail)
+        schema = kernel.output_schema(self.detector.output_schema)
+        clock.lap("Spark: read, validate, shuffle, kernel, collect")
 
-        out_schema = kernel.output_schema_with_label(self.detector.output_schema)
-        from pyspark.sql.pandas.types import from_arrow_schema
-
-        spark_schema = from_arrow_schema(out_schema)
-        n_parts = int(spark.conf.get("spark.sql.shuffle.partitions"))
-        scored = (
-            combined.repartition(n_parts, V.PLANT)
-            .sortWithinPartitions(V.PLANT, V.TIMESTAMP)
-            .mapInArrow(kernel.make_kernel(self.model_dir, self.args.threshold, out_schema), spark_schema)
-            .persist()
-        )
-        payloads = [r[0] for r in scored.where(F.col("status") == kernel.AGGREGATE_STATUS).select("reason").collect()]
-        results = scored.where(F.col("status").isin(*RESULT_STATUSES))
-        kernel_quarantine = scored.where(F.col("status") == "quarantined").select(
-            V.PLANT, V.TIMESTAMP, "reason", F.lit(None).cast(T.StringType()).alias("raw"))
-
+        status = table.column("status")
+        states = table.filter(pc.equal(status, kernel.STATE_STATUS))
+        results = table.filter(pc.is_in(status, pa.array(RESULT_STATUSES))).select(kernel.results_columns(schema))
+        quarantined = table.filter(pc.equal(status, "quarantined")).select(
+            [V.PLANT, V.TIMESTAMP, V.REASON, kernel.RAW])
         with self._sink("results", self.args.results, batch_id):
             self._write_results(results, batch_id)
-        rejected = checked.quarantined.unionByName(late_or_dup)
-        # Rows the kernel quarantined are already in the partitions' aggregates; count only these here.
-        q_counts = {r[0]: r[1] for r in rejected.groupBy("reason").count().collect()}
-        quarantined = rejected.unionByName(kernel_quarantine)
-        if q_counts or payloads:
-            with self._sink("quarantine", self.args.quarantine, batch_id):
-                quarantined.write.mode("overwrite").parquet(str(Path(self.args.quarantine) / f"batch={batch_id}"))
+        with self._sink("quarantine", self.args.quarantine, batch_id):
+            self._write_quarantine(quarantined, batch_id)
+        clock.lap("results and quarantine sinks")
 
-        # The next batch's context: each plant's last W-1 rows that entered windows.
-        from pyspark.sql import Window
-
-        w = Window.partitionBy(V.PLANT).orderBy(F.col(V.TIMESTAMP).desc())
-        new_tail = (
-            combined.withColumn("_rank", F.row_number().over(w))
-            .where(F.col("_rank") < window)
-            .drop("_rank", "_tw_context")
-        )
-        tail_table = new_tail.toArrow()
-        import pyarrow.parquet as pq
-
+        aggregate = kernel.merge_aggregates(self.sensors, states.column(kernel.AGGREGATE).to_pylist())
+        new_tail = self._next_tail(tail, [t for t in states.column(kernel.TAIL).to_pylist() if t is not None])
         with self._sink("checkpoint", str(self.state_dir), batch_id):
-            self._write_atomic(self.state_dir / f"tail-{batch_id}.parquet", lambda p: pq.write_table(tail_table, p))
-
-        aggregate = kernel.merge_aggregates(self.sensors, payloads)
+            if new_tail is not None:
+                self._write_atomic(self.state_dir / f"tail-{batch_id}.parquet",
+                                   lambda p: pq.write_table(new_tail, p))
         for warning in aggregate.warnings:
             if warning not in self.warned:  # each worker warns once; the job logs each text once
                 self.warned.add(warning)
                 log.warning("%s", warning)
-        for reason, count in q_counts.items():
-            aggregate.record_quarantined(reason, count)
-        seconds = time.monotonic() - started
-        tracker = self._incident_tracker(batch_id)
         transitions = tracker.apply(aggregate, self.detector.version)
         self._write_incidents(transitions, batch_id)
         with self._sink("checkpoint", str(self.state_dir), batch_id):
             self._write_atomic(self.state_dir / f"incidents-{batch_id}.json",
                                lambda p: p.write_text(tracker.to_json()))
+        seconds = time.monotonic() - started
         self.registry.apply_batch(aggregate, seconds)
         tracker.publish(self.registry)
-        self.registry.set_carried_rows(tail_table.num_rows)
+        carried_rows = new_tail.num_rows if new_tail is not None else 0
+        self.registry.set_carried_rows(carried_rows)
         counts = aggregate.counts()
         with self._sink("checkpoint", str(self.state_dir), batch_id):
             self._write_atomic(
                 self.state_dir / "committed.json",
                 lambda p: p.write_text(json.dumps({"batch_id": batch_id, "counts": counts})),
             )
+        self._carried = (batch_id, new_tail, tracker, self.detector.version)
         for pattern in ("tail-*.parquet", "incidents-*.json"):
             for old in self.state_dir.glob(pattern):
                 if int(old.stem.split("-")[1]) < batch_id - 1:
                     old.unlink(missing_ok=True)
-        combined.unpersist()
-        scored.unpersist()
-        checked.unpersist()
+        clock.lap("state, incidents, metrics, commit")
         rows_in = counts["scored"] + counts["warmup"] + counts["quarantined"]
         if rows_in:
             self.last_rows_at = time.monotonic()
         summary = BatchSummary(batch_id, rows_in, counts["scored"], counts["warmup"], counts["quarantined"],
-                               counts["anomalies"], seconds)
+                               counts["anomalies"], time.monotonic() - started, clock.stages, time.monotonic())
         self.summaries.append(summary)
         log.info("batch %d: %d rows in, %d scored, %d warm-up, %d quarantined, %d anomalies, %.2fs",
-                 batch_id, rows_in, summary.scored, summary.warmup, summary.quarantined, summary.anomalies, seconds)
+                 batch_id, rows_in, summary.scored, summary.warmup, summary.quarantined, summary.anomalies,
+                 summary.seconds)
         for t in transitions.to_pylist():
             log.warning("incident %s %s: plant %s since %s, stages %s, sensors %s, peak score %.4g",
                         t["incident_id"], t["transition"], t["plant"], t["start"], t["stages"] or "-",
                         t["sensors"] or "-", t["peak_score"])
+
+    def _state_before(self, batch_id: int):
+        """(carried tail, incident tracker) after the latest committed batch before `batch_id`: kept in
+        memory from the batch this job committed last, else read from the files beside the checkpoint (a
+        restarted job). Taken, so that a batch that fails half way never leaves a half-applied state."""
+        carried, self._carried = self._carried, None
+        if (carried is not None and carried[0] < batch_id and carried[3] == self.detector.version
+                and carried[0] == self._committed()):
+            return carried[1], carried[2]
+        return self._tail_before(batch_id), self._incident_tracker(batch_id)
+
+    @staticmethod
+    def _next_tail(tail, partition_tails: list[bytes]):
+        """The next batch's context: each plant's last W-1 rows that entered windows. Plants without rows
+        in this batch keep theirs."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from tidewatch.spark import kernel
+
+        new = [kernel.tail_from_ipc(t) for t in partition_tails]
+        if not new:
+            return tail
+        if tail is not None and tail.num_rows and tail.schema.names == new[-1].schema.names:
+            renewed = pa.concat_arrays([t.column("plant").combine_chunks() for t in new])
+            new.insert(0, tail.filter(pc.invert(pc.is_in(tail.column("plant"), renewed))))
+        return pa.concat_tables([t.cast(new[-1].schema) for t in new])
 
     @contextmanager
     def _sink(self, name: str, path: str, batch_id: int):
@@ -330,26 +344,34 @@ class InferenceJob:
             raise
 
     def _write_results(self, results, batch_id: int) -> None:
-        """Writes a batch's rows under results/date=YYYY-MM-DD/ with the batch id in each file name,
-        replacing whatever an interrupted earlier attempt of the same batch left: a replay never
-        duplicates rows."""
-        from pyspark.sql import functions as F
+        """Writes a batch's rows under results/date=YYYY-MM-DD/batch-<id>-0.parquet (UTC dates), replacing
+        whatever an interrupted earlier attempt of the same batch left: a replay never duplicates rows.
+        Each file is written under a hidden name and renamed, so readers never see half a file."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
 
         root = Path(self.args.results)
-        staging = root / "_staging" / f"batch={batch_id}"
-        (results.withColumn("date", F.to_date("timestamp").cast("string"))
-         .write.mode("overwrite").partitionBy("date").parquet(str(staging)))
         for old in root.glob(f"date=*/batch-{batch_id}-*.parquet"):
             old.unlink()
-        for part in sorted(staging.glob("date=*/*.parquet")):
-            target = root / part.parent.name / f"batch-{batch_id}-{part.name}"
+        if not results.num_rows:
+            return
+        dates = pc.strftime(results.column("timestamp"), format="%Y-%m-%d")
+        for date in pc.unique(dates).to_pylist():
+            part = results.filter(pc.equal(dates, date))
+            target = root / f"date={date}" / f"batch-{batch_id}-0.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, target)
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            staging.parent.rmdir()  # _staging, when no other batch is in flight
-        except OSError:
-            pass
+            self._write_atomic(target, lambda p, part=part: pq.write_table(part, p))
+
+    def _write_quarantine(self, quarantined, batch_id: int) -> None:
+        """The batch's rejected rows under quarantine/batch=<id>/, replaced whole on replay."""
+        import pyarrow.parquet as pq
+
+        directory = Path(self.args.quarantine) / f"batch={batch_id}"
+        shutil.rmtree(directory, ignore_errors=True)
+        if not quarantined.num_rows:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        self._write_atomic(directory / "part-0.parquet", lambda p: pq.write_table(quarantined, p))
 
     # -- the stream -----------------------------------------------------------------------------------
     def input_stream(self):
@@ -392,26 +414,67 @@ class InferenceJob:
             return tidewatch.TidewatchIOError(self.failure)
         return RuntimeError(f"streaming query failed: {str(exc).splitlines()[0][:500]}")
 
+    def score_frame(self, df, tail):
+        """The batch's one Spark pass (see _process_batch): kernel output as an Arrow table."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        from tidewatch.spark import kernel, validate as V
+
+        sensors = self.sensors.sensors
+        typed = V.typed_rows(df, sensors, self.plant)
+        schema = kernel.output_schema(self.detector.output_schema)
+        n_parts = int(self.spark.conf.get("spark.sql.shuffle.partitions"))
+        tail_ipc = kernel.tail_to_ipc(tail) if tail is not None and tail.num_rows else None
+        score = kernel.make_kernel(self.model_dir, self.args.threshold, schema, sensors, tail_ipc,
+                                   self.detector.window)
+        return (
+            typed.repartition(n_parts, V.PLANT)
+            # Arrival order breaks ties: of rows at the same time, the first is kept (the Detector's rule).
+            .sortWithinPartitions(V.PLANT, V.TIMESTAMP, V.ROW_ID)
+            .drop(V.ROW_ID)
+            .mapInArrow(score, from_arrow_schema(schema))
+            .toArrow()
+        )
+
+    def warm_up(self, stream) -> None:
+        """Runs the batch pipeline once on a few rows without a timestamp (quarantined, written nowhere)
+        before the stream starts: Spark compiles its code, starts the Python workers and they load the
+        model, so the first real batch takes as long as the others."""
+        started = time.monotonic()
+        fields = stream.schema.fields
+        rows = [tuple(f"warm-up-{i}" if f.name == "plant" else None for f in fields) for i in range(16)]
+        self.score_frame(self.spark.createDataFrame(rows, stream.schema), None)
+        log.info("pipeline warmed up in %.1fs", time.monotonic() - started)
+
     def run(self) -> list[BatchSummary]:
         args = self.args
+        stream = self.input_stream()
+        self.warm_up(stream)
         writer = (
-            self.input_stream()
+            stream
             .writeStream.foreachBatch(self.process_batch)
             .option("checkpointLocation", str(Path(args.checkpoint) / "spark"))
         )
         writer = writer.trigger(availableNow=True) if args.available_now else writer.trigger(
             processingTime=f"{args.trigger_seconds} seconds")
         query = writer.start()
+        self.query_started = time.monotonic()
+        started_up = False
         try:
             while query.isActive:
                 try:
                     query.awaitTermination(1.0)
                 except Exception as exc:  # the query failed: StreamingQueryException
                     raise self._query_error(exc) from (None if self.failure else exc)
+                if not started_up and (self.summaries or _waiting_for_data(query)):
+                    started_up = True
+                    if not self.summaries:
+                        self.last_rows_at = time.monotonic()
                 idle = time.monotonic() - self.last_rows_at
                 # Idle time counts from the last batch that brought rows, never during a batch, and only
-                # once a first batch ran (Spark's start-up is not idleness).
-                if (args.stop_after_idle is not None and self.summaries and not self.in_batch
+                # once Spark has started and looked for data (its start-up is not idleness; a restarted
+                # job with nothing new to read is idle from then).
+                if (args.stop_after_idle is not None and started_up and not self.in_batch
                         and idle > args.stop_after_idle):
                     log.info("no new rows for %.0fs: stopping", args.stop_after_idle)
                     query.stop()
@@ -424,6 +487,13 @@ class InferenceJob:
 
     def close(self) -> None:
         self.server.stop()
+
+
+def _waiting_for_data(query) -> bool:
+    """Spark ran a trigger and found nothing new to read."""
+    status = query.status
+    return not status.get("isTriggerActive") and not status.get("isDataAvailable") \
+        and str(status.get("message", "")).startswith("Waiting for")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,6 +527,8 @@ _OS_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file 
 
 def os_error_of(exc: BaseException) -> str | None:
     """The operating system's reason for a failed write when the error chain carries it."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # pyarrow's strerror wraps the OS's words in its own
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc)

@@ -64,12 +64,69 @@ def _parse_number(col: Column, dtype: T.DataType) -> tuple[Column, Column]:
 
 def validate(df: DataFrame, sensors: list[str], default_plant: str,
              source_timezone: str = "Asia/Singapore") -> Validated:
-    """Types and checks `df` (any mix of string and typed columns). Extra columns are ignored; a missing
-    sensor column makes every row quarantined as `missing_column:NAME`."""
-    fields = {f.name: f.dataType for f in df.schema.fields}
+    """Types and checks `df` (any mix of string and typed columns) and splits it into valid and
+    quarantined rows (see `typed_rows`)."""
+    typed = typed_rows(df, sensors, default_plant, source_timezone)
+    # Materialised once: both branches below read it, and without the barrier the optimiser pushes
+    # each filter into the projection, inlining every per-sensor expression twice (Spark's generated
+    # code then exceeds the JVM's 64 KB method limit and falls back to slow interpretation).
+    typed = typed.persist()
+    valid = typed.where(F.col(REASON).isNull()).drop(REASON, "raw")
+    quarantined = typed.where(F.col(REASON).isNotNull()).select(PLANT, TIMESTAMP, REASON, "raw")
+    return Validated(valid, quarantined, typed)
+
+
+def typed_rows(df: DataFrame, sensors: list[str], default_plant: str,
+               source_timezone: str = "Asia/Singapore") -> DataFrame:
+    """Every row of `df` typed and checked, in one projection: plant, timestamp, sensors as double, label
+    (nullable int), _tw_row (arrival order), `reason` (null for a valid row, else the first fault, naming
+    its column) and `raw` (a rejected row's input as JSON, or the text of a line that could not be read
+    into fields; null for a valid row). Extra columns are ignored; a missing sensor column makes every
+    row quarantined as `missing_column:NAME`."""
+    field_types = tuple((f.name, f.dataType.simpleString()) for f in df.schema.fields)
+    key = (df.sparkSession.sparkContext.applicationId, field_types, tuple(sensors), default_plant, source_timezone)
+    projections = _PROJECTIONS.get(key)
+    if projections is None:
+        # Built once per input schema: the expressions of a wide plant take thousands of Py4J calls
+        # (seconds per micro-batch on two cores); unresolved columns apply to any DataFrame of that schema.
+        projections = _typed_projections(df.schema, sensors, default_plant, source_timezone)
+        _PROJECTIONS.clear()
+        _PROJECTIONS[key] = projections
+    typed = df.withColumn(ROW_ID, F.monotonically_increasing_id())
+    for projection in projections:
+        typed = projection.apply(typed)
+    return typed
+
+
+class _Projection:
+    """A select of fixed columns, applied to many DataFrames of one schema. Its Java column list is built
+    once: Py4J sends a Python list to the JVM one element per call, hundreds of calls for a wide plant."""
+
+    def __init__(self, columns: list[Column]):
+        self.columns = columns
+        self._java_columns = None
+
+    def apply(self, df: DataFrame) -> DataFrame:
+        try:
+            from pyspark.sql.classic.dataframe import DataFrame as ClassicDataFrame
+
+            if self._java_columns is None:
+                jvm = df.sparkSession.sparkContext._jvm
+                self._java_columns = jvm.PythonUtils.toSeq([c._jc for c in self.columns])
+            return ClassicDataFrame(df._jdf.select(self._java_columns), df.sparkSession)
+        except (ImportError, AttributeError):  # not classic PySpark (Spark Connect): the plain way
+            return df.select(*self.columns)
+
+
+_PROJECTIONS: dict[tuple, list[_Projection]] = {}
+
+
+def _typed_projections(schema: T.StructType, sensors: list[str], default_plant: str,
+                       source_timezone: str) -> list[_Projection]:
+    """typed_rows' projections, in order, for inputs of `schema` (plus ROW_ID)."""
+    fields = {f.name: f.dataType for f in schema.fields}
     unparsed = UNPARSED_REASON in fields
     fields = {n: t for n, t in fields.items() if n not in (UNPARSED, UNPARSED_REASON)}
-    df = df.withColumn(ROW_ID, F.monotonically_increasing_id())
     raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in fields]))
 
     reasons: list[Column] = []
@@ -113,26 +170,16 @@ def validate(df: DataFrame, sensors: list[str], default_plant: str,
     if LABEL in fields:
         label = _parse_label(F.col(LABEL), fields[LABEL])
 
-    stage1 = df.select(
-        plant.alias(PLANT),
-        ts.alias(TIMESTAMP),
-        F.coalesce(*reasons).alias("_tw_row_reason"),
-        *parsed_cols,
-        label.alias(LABEL),
-        F.col(ROW_ID),
-        raw.alias("raw"),
-    )
-    typed = stage1.select(
-        PLANT, TIMESTAMP, *[F.col(f"`{n}`") for n in sensors], LABEL, ROW_ID,
-        F.coalesce(F.col("_tw_row_reason"), *sensor_reasons).alias(REASON), "raw",
-    )
-    # Materialised once: both branches below read it, and without the barrier the optimiser pushes
-    # each filter into the projection, inlining every per-sensor expression twice (Spark's generated
-    # code then exceeds the JVM's 64 KB method limit and falls back to slow interpretation).
-    typed = typed.persist()
-    valid = typed.where(F.col(REASON).isNull()).drop(REASON, "raw")
-    quarantined = typed.where(F.col(REASON).isNotNull()).select(PLANT, TIMESTAMP, REASON, "raw")
-    return Validated(valid, quarantined, typed)
+    sensor_cols = [F.col(f"`{n}`") for n in sensors]
+    return [_Projection(columns) for columns in [
+        [plant.alias(PLANT), ts.alias(TIMESTAMP), F.coalesce(*reasons).alias("_tw_row_reason"), *parsed_cols,
+         label.alias(LABEL), F.col(ROW_ID), raw.alias("raw")],
+        [F.col(PLANT), F.col(TIMESTAMP), *sensor_cols, F.col(LABEL), F.col(ROW_ID),
+         F.coalesce(F.col("_tw_row_reason"), *sensor_reasons).alias(REASON), F.col("raw")],
+        # The input's JSON is kept for rejected rows only: valid rows never need it.
+        [F.col(PLANT), F.col(TIMESTAMP), *sensor_cols, F.col(LABEL), F.col(ROW_ID), F.col(REASON),
+         F.when(F.col(REASON).isNotNull(), F.col("raw")).alias("raw")],
+    ]]
 
 
 _BLANK = r"^\s*$"
