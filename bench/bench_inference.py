@@ -39,11 +39,14 @@ def kernel_rows_per_s(model: Path, data: pa.Table, batch_rows: int) -> float:
     det = tidewatch.Detector.load(model, device="cpu", threads=2)
     batches = [data.slice(i, batch_rows) for i in range(0, data.num_rows, batch_rows)]
     det.score(batches[0])  # warm-up, like the job's first batch
-    det.reset_stream()
-    started = time.perf_counter()
-    for b in batches:
-        det.score(b)
-    return data.num_rows / (time.perf_counter() - started)
+    best = float("inf")
+    for _ in range(3):  # the best of three: the job's JVM may still be winding down beside it
+        det.reset_stream()
+        started = time.perf_counter()
+        for b in batches:
+            det.score(b)
+        best = min(best, time.perf_counter() - started)
+    return data.num_rows / best
 
 
 def run_case(work: Path, model: Path, plants: int, rows: int, batch_rows: int):

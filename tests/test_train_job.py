@@ -94,3 +94,41 @@ def test_train_rejects_missing_input(tmp_path: Path):
                          text=True, timeout=300)
     assert run.returncode == 1
     assert "nope.parquet" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_prepare_history_counts_every_row_it_leaves_out():
+    """The driver-side preparation after the one Spark pass: rejected rows by reason, the first row of a
+    time kept, attacks left out, each plant's start-up skipped and its own time-ordered split."""
+    from tidewatch.spark.train import prepare_history
+
+    base = int(np.datetime64("2015-12-28T00:00:00", "us").astype(np.int64))
+    rows = []
+    for plant in ("a", "b"):
+        for i in range(100):
+            rows.append({"plant": plant, "t": base + i * 1_000_000, "LIT101": float(i), "label": 0, "reason": None})
+    rows[10]["label"] = 1  # a's 11th second is an attack
+    rows.insert(21, dict(rows[20], LIT101=-1.0))  # a second reading of a's 21st second, arriving later
+    rows.append({"plant": "b", "t": None, "LIT101": None, "label": None, "reason": "malformed:timestamp"})
+    table = pa.table({
+        "plant": [r["plant"] for r in rows],
+        "timestamp": pa.array([r["t"] for r in rows], pa.timestamp("us", tz="UTC")),
+        "LIT101": [r["LIT101"] for r in rows], "label": pa.array([r["label"] for r in rows], pa.int32()),
+        "_tw_row": list(range(len(rows))), "reason": pa.array([r["reason"] for r in rows], pa.string()),
+    })
+    prepared = prepare_history(table, ["LIT101"], skip_hours=10 / 3600, train_start=None, train_end=None,
+                               validation_fraction=0.2)
+    assert prepared.quarantined == {"malformed:timestamp": 1, "duplicate_timestamp": 1}
+    assert prepared.attack_rows == 1
+    # The duplicate's first arrival was kept, the later one (-1.0) left out.
+    assert -1.0 not in prepared.train.column("LIT101").to_pylist() + prepared.validation.column("LIT101").to_pylist()
+    for plant in ("a", "b"):
+        train = prepared.train.filter(pc.equal(prepared.train.column("plant"), plant))
+        val = prepared.validation.filter(pc.equal(prepared.validation.column("plant"), plant))
+        # Seconds 0-9 skipped as start-up; the rest split at the plant's 80 % time quantile.
+        assert min(train.column("LIT101").to_pylist()) == (11.0 if plant == "a" else 10.0)  # a's 10th: attack
+        assert max(train.column("LIT101").to_pylist()) < min(val.column("LIT101").to_pylist())
+        assert 0.15 < val.num_rows / (train.num_rows + val.num_rows) < 0.25
+    nothing = prepare_history(table, ["LIT101"], skip_hours=1000, train_start=None, train_end=None,
+                              validation_fraction=0.2)
+    assert nothing.train.num_rows == 0
+    assert "--skip-startup-hours" in nothing.describe()

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("tidewatch.train")
@@ -58,7 +59,7 @@ def _load(spark, args, sensors_hint):
         raise tidewatch.TidewatchIOError(f"input not found: {', '.join(missing)}")
     if fmt == "parquet":
         sensors = tidewatch.SensorSet.load(args.plant_file) if args.plant_file else tidewatch.SensorSet.swat()
-        return spark.read.parquet(*[str(p) for p in paths]), sensors, []
+        return spark.read.parquet(*[str(p) for p in paths]), sensors, [], _parquet_rows(paths)
     from tidewatch import readers
 
     tables, quarantined = [], []
@@ -76,48 +77,42 @@ def _load(spark, args, sensors_hint):
 
     sensors = tidewatch.SensorSet.load(args.plant_file) if args.plant_file else tidewatch.SensorSet.swat()
     table = pa.concat_tables(tables, promote_options="default")
-    return spark.createDataFrame(table), sensors, quarantined
+    return spark.createDataFrame(table), sensors, quarantined, table.num_rows
 
 
-def _scaler_stats(df, sensors):
-    """Scaler statistics: one partial per Spark partition, merged on the driver."""
-    import pyarrow as pa
+def _parquet_rows(paths: list[Path]) -> int | None:
+    """Rows in local Parquet inputs, from their footers (no Spark job), or None when unknown."""
+    import pyarrow.parquet as pq
 
-    import tidewatch
-
-    sensor_json = sensors.to_json()
-    n = len(sensors)
-
-    def partials(batches):
-        from tidewatch import ScalerStats, SensorSet
-
-        plant = SensorSet.from_json(sensor_json)
-        stats = ScalerStats(n)
-        for batch in batches:
-            stats.update_batch(batch, plant)
-        yield pa.RecordBatch.from_pydict({"stats": [stats.to_json()]})
-
-    merged = tidewatch.ScalerStats(n)
-    for row in df.select(*sensors.sensors).mapInArrow(partials, "stats string").collect():
-        merged.merge(tidewatch.ScalerStats.from_json(row[0]))
-    return merged
+    total = 0
+    try:
+        for path in paths:
+            for f in (sorted(path.rglob("*.parquet")) if path.is_dir() else [path]):
+                total += pq.ParquetFile(f).metadata.num_rows
+    except (OSError, ValueError):
+        return None
+    return total
 
 
 # Rows per partition fetched to the driver: ~9 MB of SWaT-width rows, a small slice of a 1 GB driver heap.
 ROWS_PER_FETCH = 20_000
 
 
-def collect_arrow(df, rows: int, sort_by: list[str]):
+def collect_arrow(df, rows: int | None, sort_by: list[str]):
     """All rows of `df` as one Arrow table on the driver, sorted by `sort_by`.
 
     Fetched a partition at a time as Arrow IPC blobs: `DataFrame.toArrow()` gathers every task's result
     in the driver JVM at once, which ran a 495,000-row SWaT history out of spark-submit's default 1 GB
     heap. Sorting here rather than in Spark spares a range-partitioning job and keeps the order exact
     whatever order the partitions arrive in ((plant, timestamp) is unique after de-duplication).
-    `rows` (the DataFrame's row count) sizes the partitions fetched: about ROWS_PER_FETCH rows each.
+    `rows` (the DataFrame's row count, counted by Spark when None) sizes the partitions fetched: about
+    ROWS_PER_FETCH rows each.
     """
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
+
+    if rows is None:
+        rows = df.count()
 
     def to_ipc(batches):
         for batch in batches:
@@ -135,62 +130,130 @@ def collect_arrow(df, rows: int, sort_by: list[str]):
     return pa.concat_tables(tables).sort_by([(c, "ascending") for c in sort_by])
 
 
-def run(args: argparse.Namespace) -> dict:
-    from pyspark.sql import functions as F
+@dataclass
+class PreparedHistory:
+    train: object  # pa.Table: plant, timestamp, sensors
+    validation: object
+    quarantined: dict[str, int]  # reason -> rows
+    attack_rows: int  # labelled attacks, left out (counted, not quarantined)
+    steps: dict[str, int]  # rows left after each step, for the error when none are
 
+    def describe(self) -> str:
+        return "; ".join(f"{step}: {rows}" for step, rows in self.steps.items())
+
+
+def _micros(text: str) -> int:
+    """An ISO 8601 time (UTC unless it carries an offset) as microseconds since the epoch."""
+    import datetime as dt
+
+    t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(round(t.timestamp() * 1_000_000))
+
+
+def prepare_history(table, sensors: list[str], skip_hours: float, train_start: str | None,
+                    train_end: str | None, validation_fraction: float) -> PreparedHistory:
+    """Validated history (typed_rows' columns, sorted by plant, timestamp, arrival) -> the training and
+    validation tables. In order: rows validation rejected are counted by reason; of rows at the same time
+    the first is kept (the others are `duplicate_timestamp`); labelled attacks are left out; each plant's
+    first `skip_hours` (start-up transients) and rows outside [train_start, train_end] are left out; each
+    plant's rows from its (1 - validation_fraction) time quantile on are validation, so no validation
+    window overlaps training (windows never cross the one cut in time)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tidewatch.spark import validate as V
+
+    reasons = table.column(V.REASON)
+    rejected = pc.value_counts(reasons.filter(pc.is_valid(reasons)))
+    quarantined = dict(zip(rejected.field("values").to_pylist(), rejected.field("counts").to_pylist()))
+    rows = table.filter(pc.is_null(reasons))
+    steps = {"rows read": table.num_rows, "valid": rows.num_rows}
+    if rows.num_rows > 1:
+        plant, ts = rows.column(V.PLANT), rows.column(V.TIMESTAMP)
+        same = pc.and_(pc.equal(plant.slice(1), plant.slice(0, rows.num_rows - 1)),
+                       pc.equal(ts.slice(1), ts.slice(0, rows.num_rows - 1)))
+        duplicate = pa.concat_arrays([pa.array([False]), same.combine_chunks()])
+        if pc.any(duplicate).as_py():
+            quarantined[V.REASON_DUPLICATE] = quarantined.get(V.REASON_DUPLICATE, 0) + pc.sum(duplicate).as_py()
+            rows = rows.filter(pc.invert(duplicate))
+    attack = pc.fill_null(pc.equal(rows.column(V.LABEL), 1), False)
+    attack_rows = int(pc.sum(attack).as_py() or 0)
+    rows = rows.filter(pc.invert(attack))
+    steps["normal (attacks left out)"] = rows.num_rows
+
+    def plant_runs(t):
+        """Each row's plant run index and each run's first row (rows are sorted by plant)."""
+        codes = pc.dictionary_encode(t.column(V.PLANT)).combine_chunks().indices.to_numpy()
+        change = np.r_[True, codes[1:] != codes[:-1]] if len(codes) else np.zeros(0, bool)
+        return np.cumsum(change) - 1, np.flatnonzero(change)
+
+    micros = rows.column(V.TIMESTAMP).cast(pa.int64()).to_numpy()
+    keep = np.ones(len(micros), bool)
+    if skip_hours > 0 and len(micros):
+        run, first = plant_runs(rows)
+        keep &= micros >= micros[first][run] + int(skip_hours * 3600 * 1_000_000)
+        steps[f"after the first {skip_hours:g} h of each plant (--skip-startup-hours)"] = int(keep.sum())
+    if train_start:
+        keep &= micros >= _micros(train_start)
+        steps[f"from --train-start {train_start}"] = int(keep.sum())
+    if train_end:
+        keep &= micros <= _micros(train_end)
+        steps[f"to --train-end {train_end}"] = int(keep.sum())
+    rows = rows.filter(pa.array(keep)).select([V.PLANT, V.TIMESTAMP, *sensors])
+    micros = micros[keep]
+    is_train = np.zeros(len(micros), bool)
+    if len(micros):
+        _, first = plant_runs(rows)
+        ends = np.r_[first[1:], len(micros)]
+        for a, b in zip(first, ends):
+            # Linear interpolation between closest ranks: Spark's `percentile`, which this replaced.
+            cut = np.percentile(micros[a:b], 100 * (1 - validation_fraction))
+            is_train[a:b] = micros[a:b] < cut
+    steps["training (before each plant's validation cut)"] = int(is_train.sum())
+    return PreparedHistory(rows.filter(pa.array(is_train)), rows.filter(pa.array(~is_train)), quarantined,
+                           attack_rows, steps)
+
+
+def run(args: argparse.Namespace) -> dict:
     import tidewatch
     from tidewatch.spark import validate as V
     from tidewatch.spark.session import get_session
 
     started = time.monotonic()
+    log.info("starting Spark")
     spark = get_session("tidewatch-train", master=args.master)
-    raw, sensors, read_quarantine = _load(spark, args, None)
-    checked = V.validate(raw, sensors.sensors, sensors.plant)
-    kept, dups = V.split_duplicates(checked.valid, None)
-    quarantined = checked.quarantined.unionByName(dups)
-    reasons = {r[0]: r[1] for r in quarantined.groupBy("reason").count().collect()}
+    raw, sensors, read_quarantine, rows_hint = _load(spark, args, None)
+    log.info("reading and validating the history (%s rows)", f"{rows_hint:,}" if rows_hint else "unknown")
+    # One Spark pass: read, validate, fetch to the driver (where the fit needs every row anyway). The rest
+    # of the preparation (duplicates, start-up skip, time window, split, scaler statistics) is columnar
+    # work on that one table, not more Spark jobs re-reading the history.
+    typed = V.typed_rows(raw, sensors.sensors, sensors.plant).drop("raw")
+    table = collect_arrow(typed, rows_hint, sort_by=[V.PLANT, V.TIMESTAMP, V.ROW_ID])
+    log.info("%d rows read and validated in %.1fs", table.num_rows, time.monotonic() - started)
+    skip_hours = args.skip_startup_hours if args.skip_startup_hours is not None else (
+        6.0 if sensors.plant == "swat" else 0.0)
+    prepared = prepare_history(table, sensors.sensors, skip_hours=skip_hours, train_start=args.train_start,
+                               train_end=args.train_end, validation_fraction=args.validation_fraction)
+    reasons = prepared.quarantined
     for t in read_quarantine:
         for reason in t.column("reason").to_pylist():
             reasons[reason] = reasons.get(reason, 0) + 1
     for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
         log.warning("quarantined %d row(s): %s", count, reason)
-
-    # Normal operation only: rows labelled as attacks are left out (counted, not quarantined).
-    attack_rows = kept.where(F.col(V.LABEL) == 1).count()
-    normal = kept.where(F.col(V.LABEL).isNull() | (F.col(V.LABEL) == 0)).drop(V.ROW_ID)
-    skip_hours = args.skip_startup_hours if args.skip_startup_hours is not None else (
-        6.0 if sensors.plant == "swat" else 0.0)
-    # Per-plant bounds come from small aggregations joined back, never from a window over a plant's whole
-    # history: such a window puts every row of a plant in one partition (495,000 SWaT rows in one task).
-    if skip_hours > 0:
-        first = normal.groupBy(V.PLANT).agg(F.min(V.TIMESTAMP).alias("_first"))
-        normal = (normal.join(F.broadcast(first), on=V.PLANT)
-                  .where(F.col(V.TIMESTAMP) >= F.col("_first") + F.expr(f"INTERVAL {int(skip_hours * 3600)} SECONDS"))
-                  .drop("_first"))
-    if args.train_start:
-        normal = normal.where(F.col(V.TIMESTAMP) >= F.to_timestamp(F.lit(args.train_start)))
-    if args.train_end:
-        normal = normal.where(F.col(V.TIMESTAMP) <= F.to_timestamp(F.lit(args.train_end)))
-
-    # Time-ordered split per plant: rows from the plant's (1 - validation_fraction) timestamp quantile on are
-    # validation, so no validation window leaks into training (windows never cross the one cut in time).
-    normal = normal.persist()
-    micros = F.unix_micros(F.col(V.TIMESTAMP))
-    cut = normal.groupBy(V.PLANT).agg(
-        F.percentile(micros, 1 - args.validation_fraction).alias("_cut"))
-    split = normal.join(F.broadcast(cut), on=V.PLANT)
-    train_df = split.where(micros < F.col("_cut")).drop("_cut")
-    val_df = split.where(micros >= F.col("_cut")).drop("_cut")
-    stats = _scaler_stats(train_df, sensors)
-    if stats.rows == 0:
-        raise tidewatch.InputError("no normal rows left to train on after validation and filters")
+    attack_rows = prepared.attack_rows
+    train_table, val_table = prepared.train, prepared.validation
+    if train_table.num_rows == 0:
+        raise tidewatch.InputError(
+            f"no normal rows left to train on after validation and filters ({prepared.describe()})")
+    stats = tidewatch.ScalerStats(len(sensors))
+    for batch in train_table.select(sensors.sensors).to_batches():
+        stats.update_batch(batch, sensors)
     scaler = stats.finish("minmax", sensors.sensors)
     if scaler.constant_columns:
         log.warning("constant in training data (kept at unit scale): %s", ", ".join(scaler.constant_columns))
-
-    columns = [V.PLANT, V.TIMESTAMP, *sensors.sensors]
-    train_table = collect_arrow(train_df.select(*columns), stats.rows, sort_by=[V.PLANT, V.TIMESTAMP])
-    val_table = collect_arrow(val_df.select(*columns), val_df.count(), sort_by=[V.PLANT, V.TIMESTAMP])
     prep_seconds = time.monotonic() - started
     log.info("training rows %d, validation rows %d (prepared in %.1fs)", train_table.num_rows, val_table.num_rows,
              prep_seconds)

@@ -21,6 +21,7 @@ UNPARSED = "_tw_unparsed"
 UNPARSED_REASON = "_tw_unparsed_reason"
 FIELD_COUNT = "field_count"
 MALFORMED_JSON = "malformed:json"
+REASON_DUPLICATE = "duplicate_timestamp"  # the native Detector's name too (REASON_DUPLICATE in detector.rs)
 
 # Text that may be read as a number: decimal notation only (Spark's cast would also take Java forms such
 # as '1d' or '0x1p3', which no plant writes and the file readers reject).
@@ -285,7 +286,7 @@ def split_duplicates(valid: DataFrame, last_seen: DataFrame | None) -> tuple[Dat
         late = F.col("last_ts").isNotNull() & (F.col(TIMESTAMP) <= F.col("last_ts"))
     else:
         late = F.lit(False)
-    reason = F.when(F.col("_tw_dup"), F.lit("duplicate_timestamp")).when(late, F.lit("out_of_order"))
+    reason = F.when(F.col("_tw_dup"), F.lit(REASON_DUPLICATE)).when(late, F.lit("out_of_order"))
     ranked = ranked.withColumn(REASON, reason)
     drop = [c for c in ("_tw_dup", "last_ts") if c in ranked.columns]
     kept = ranked.where(F.col(REASON).isNull()).drop(REASON, *drop)
