@@ -517,3 +517,14 @@ def test_whitened_scores_are_the_top_k_mean_of_errors_over_normal_scales():
     r = rows[100]
     z = sorted((r[f"error_{s}"] / scale for s, scale in zip(SENSORS, th["scales"]) if scale > 0), reverse=True)
     assert r["score"] == pytest.approx(np.mean(z[:th["top_k"]]), rel=1e-6)
+
+
+@pytest.mark.timeout(60)
+def test_a_model_file_that_is_a_fifo_is_a_model_error_not_a_hang(tmp_path):
+    """A `manifest.json` that is a FIFO hung the job (open() waits for a writer) while /healthz said 200.
+    (The huge-network manifest of the same hostile pass is tested with its exact input in artifact.rs.)"""
+    model = tmp_path / "fifo-model"
+    model.mkdir()
+    os.mkfifo(model / "manifest.json")
+    with pytest.raises(ModelError, match="not a regular file"):
+        Detector.load(model, device="cpu")

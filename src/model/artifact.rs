@@ -378,6 +378,7 @@ impl ModelArtifact {
     pub fn to_device(&self, device: Device) -> Result<Self> {
         let what = format!("weights of model {}", self.version());
         let values = read_tensors(&self.weights, &what)?;
+        LstmVae::check_parameters(self.manifest.architecture, &values, &what)?;
         let vae = LstmVae::zeroed(self.manifest.architecture, device)?;
         vae.load_parameters(&values, &what)?;
         Ok(ModelArtifact {
@@ -408,7 +409,7 @@ impl ModelArtifact {
         let reused = version_dir.join(MANIFEST_FILE).exists() && {
             // Same scoring content published before; reuse it if it is intact.
             verify_files(&version_dir)
-                .map(|m| m.model_version == version && check_model_version(&m, "").is_ok())
+                .map(|(m, _)| m.model_version == version && check_model_version(&m, "").is_ok())
                 .unwrap_or(false)
         };
         if !reused {
@@ -469,17 +470,16 @@ impl ModelArtifact {
     /// Loads and checks the artifact at `path` (the symlink, or a model directory), onto `device`.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         let dir = resolve(path)?;
-        let manifest = verify_files(&dir)?;
-        let weights_path = dir.join(WEIGHTS_FILE);
-        let weights = fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
-        let what = weights_path.display().to_string();
-        check_weight_bytes(&manifest, &weights, &what)?;
+        let (manifest, weights) = verify_files(&dir)?;
+        let what = dir.join(WEIGHTS_FILE).display().to_string();
         let manifest_what = dir.join(MANIFEST_FILE).display().to_string();
         let sensors = check_consistency(&manifest, &manifest_what)?;
         let values = read_tensors(&weights, &what)?;
+        // Everything that can be checked is, before libtorch allocates the network the manifest describes.
+        LstmVae::check_parameters(manifest.architecture, &values, &what)?;
+        check_model_version(&manifest, &manifest_what)?;
         let vae = LstmVae::zeroed(manifest.architecture, device)?;
         vae.load_parameters(&values, &what)?;
-        check_model_version(&manifest, &manifest_what)?;
         Ok(ModelArtifact { manifest, sensors, vae, weights, source: Some(dir) })
     }
 }
@@ -509,14 +509,46 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 /// Reads and checks the manifest of a version directory, and that the weights file matches its checksum.
 /// Returns the manifest.
-fn verify_files(dir: &Path) -> Result<Manifest> {
+/// A model file's bytes. Only a regular file is opened: opening a FIFO blocks until a writer comes (a
+/// job would hang looking healthy), and a device or directory is no model either. The size is bounded
+/// before reading.
+fn read_model_file(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO, socket or device)",
+        ));
+    }
+    if meta.len() > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes, more than a tidewatch model file holds (at most {max_bytes})", meta.len()),
+        ));
+    }
+    fs::read(path)
+}
+
+/// read_model_file's refusals (a file of the wrong kind or size), as opposed to the OS failing to read.
+fn is_not_a_model_file(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData)
+}
+
+/// Largest manifest and weights files read: far above any model tidewatch trains (its weights are a few
+/// MB), far below what would exhaust a worker's memory.
+const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+const MAX_WEIGHTS_BYTES: u64 = 4 << 30;
+
+/// The manifest, parsed, and the weights' bytes, checked against it (size and sha256).
+fn verify_files(dir: &Path) -> Result<(Manifest, Vec<u8>)> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let what = manifest_path.display().to_string();
-    let text = match fs::read(&manifest_path) {
+    let text = match read_model_file(&manifest_path, MAX_MANIFEST_BYTES) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::Model(format!("{what}: missing; {} is not a tidewatch model directory", dir.display())))
         }
+        Err(e) if is_not_a_model_file(&e) => return Err(Error::Model(format!("{what}: {e}"))),
         Err(e) => return Err(Error::io(&manifest_path, e)),
     };
     let manifest = parse_manifest(&text, &what)?;
@@ -524,15 +556,16 @@ fn verify_files(dir: &Path) -> Result<Manifest> {
     if manifest.weights.file != WEIGHTS_FILE {
         return Err(Error::Model(format!("{what}: weights file '{}' is not {WEIGHTS_FILE}", manifest.weights.file)));
     }
-    let weights = match fs::read(&weights_path) {
+    let weights = match read_model_file(&weights_path, MAX_WEIGHTS_BYTES) {
         Ok(w) => w,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::Model(format!("{}: missing", weights_path.display())))
         }
+        Err(e) if is_not_a_model_file(&e) => return Err(Error::Model(format!("{}: {e}", weights_path.display()))),
         Err(e) => return Err(Error::io(&weights_path, e)),
     };
     check_weight_bytes(&manifest, &weights, &weights_path.display().to_string())?;
-    Ok(manifest)
+    Ok((manifest, weights))
 }
 
 /// The version is a hash of everything that determines scores: a manifest edited by hand or damaged
@@ -825,6 +858,40 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
         edit(&mut v);
         fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+
+    /// The hostile pass's exact input: a manifest claiming hidden_size 1,000,000 with a config, architecture
+    /// and tensor list all consistent with it, the weights untouched (their sha256 still matches). libtorch
+    /// was asked for 16 TB and panicked into Python; it must be an error before any allocation.
+    #[test]
+    fn a_manifest_claiming_a_huge_network_is_rejected_before_allocating_it() {
+        let err = load_error(|d: &Path| {
+            edit_manifest(d, |v| {
+                v["config"]["hidden_size"] = 1_000_000.into();
+                v["architecture"]["hidden_size"] = 1_000_000.into();
+                let mut arch: Architecture = serde_json::from_value(v["architecture"].clone()).unwrap();
+                arch.hidden_size = 1_000_000;
+                let tensors: BTreeMap<String, Vec<i64>> = arch.parameter_shapes().into_iter().collect();
+                v["weights"]["tensors"] = serde_json::to_value(tensors).unwrap();
+            })
+        });
+        assert!(err.contains("model.safetensors") && err.contains("shape"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_that_is_a_fifo_is_rejected_without_blocking() {
+        let err = load_error(|d: &Path| {
+            let p = d.join(MANIFEST_FILE);
+            fs::remove_file(&p).unwrap();
+            let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { libc_mkfifo(c.as_ptr(), 0o600) }, 0);
+        });
+        assert!(err.contains("manifest.json") && err.contains("not a regular file"), "{err}");
+    }
+
+    extern "C" {
+        #[link_name = "mkfifo"]
+        fn libc_mkfifo(path: *const std::os::raw::c_char, mode: u32) -> i32;
     }
 
     #[test]

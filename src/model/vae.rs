@@ -232,7 +232,22 @@ impl LstmVae {
     /// Overwrites every parameter from `values`, which must hold exactly this network's names and shapes.
     /// `source` names where the values come from, for the error message.
     pub fn load_parameters(&self, values: &BTreeMap<String, Tensor>, source: &str) -> Result<()> {
+        Self::check_parameters(self.arch, values, source)?;
         let expected = self.arch.parameter_shapes();
+        let vars = self.vs.variables();
+        tch::no_grad(|| -> Result<()> {
+            for (name, _) in &expected {
+                vars[name].shallow_clone().f_copy_(&values[name].to_device(self.device()))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Checks that `values` hold exactly the parameters of `arch`, in its shapes, before a network is
+    /// allocated for them: a manifest that claims a huge architecture must fail here with a message, not in
+    /// libtorch's allocator.
+    pub fn check_parameters(arch: Architecture, values: &BTreeMap<String, Tensor>, source: &str) -> Result<()> {
+        let expected = arch.parameter_shapes();
         let missing: Vec<&str> =
             expected.iter().filter(|(n, _)| !values.contains_key(n)).map(|(n, _)| n.as_str()).collect();
         let unexpected: Vec<&str> = values
@@ -247,26 +262,22 @@ impl LstmVae {
                 unexpected.join(", ")
             )));
         }
-        let vars = self.vs.variables();
-        tch::no_grad(|| -> Result<()> {
-            for (name, shape) in &expected {
-                let src = &values[name];
-                if src.size() != *shape {
-                    return Err(Error::Model(format!(
-                        "{source}: tensor '{name}' has shape {:?}, the model needs {shape:?}",
-                        src.size()
-                    )));
-                }
-                if src.kind() != Kind::Float {
-                    return Err(Error::Model(format!(
-                        "{source}: tensor '{name}' has dtype {:?}, the model needs float32",
-                        src.kind()
-                    )));
-                }
-                vars[name].shallow_clone().f_copy_(&src.to_device(self.device()))?;
+        for (name, shape) in &expected {
+            let src = &values[name];
+            if src.size() != *shape {
+                return Err(Error::Model(format!(
+                    "{source}: tensor '{name}' has shape {:?}, the model needs {shape:?}",
+                    src.size()
+                )));
             }
-            Ok(())
-        })
+            if src.kind() != Kind::Float {
+                return Err(Error::Model(format!(
+                    "{source}: tensor '{name}' has dtype {:?}, the model needs float32",
+                    src.kind()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

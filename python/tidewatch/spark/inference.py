@@ -130,6 +130,13 @@ class InferenceJob:
             self.registry.model_load_failed()
             log.error("new model rejected, still scoring with %s: %s", self.detector.version, exc)
             return
+        except BaseException as exc:  # noqa: BLE001 - a native panic (pyo3's PanicException) is a BaseException
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.registry.model_load_failed()
+            log.error("new model rejected (internal error: %s), still scoring with %s; please report it",
+                      str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__, self.detector.version)
+            return
         if changed:
             try:
                 self.model_dir = self._snapshot()
@@ -294,9 +301,9 @@ class InferenceJob:
         summary = BatchSummary(batch_id, rows_in, counts["scored"], counts["warmup"], counts["quarantined"],
                                counts["anomalies"], time.monotonic() - started, clock.stages, time.monotonic())
         self.summaries.append(summary)
-        log.info("batch %d: %d rows in, %d scored, %d warm-up, %d quarantined, %d anomalies, %.2fs",
+        log.info("batch %d: %d rows in, %d scored, %d warm-up, %d quarantined, %d anomalies, %.2fs (%s)",
                  batch_id, rows_in, summary.scored, summary.warmup, summary.quarantined, summary.anomalies,
-                 summary.seconds)
+                 summary.seconds, ", ".join(f"{name} {t:.2f}s" for name, t in clock.stages.items()))
         for t in transitions.to_pylist():
             log.warning("incident %s %s: plant %s since %s, stages %s, sensors %s, peak score %.4g",
                         t["incident_id"], t["transition"], t["plant"], t["start"], t["stages"] or "-",
@@ -437,13 +444,33 @@ class InferenceJob:
         )
 
     def warm_up(self, stream) -> None:
-        """Runs the batch pipeline once on a few rows without a timestamp (quarantined, written nowhere)
-        before the stream starts: Spark compiles its code, starts the Python workers and they load the
-        model, so the first real batch takes as long as the others."""
+        """Runs the batch pipeline once on a few made-up rows (scored, written nowhere) before the stream
+        starts: Spark compiles its code, starts the Python workers, they load the model and run its first
+        forward pass, so the first real batch takes about as long as the others."""
+        import tempfile
+
+        from tidewatch.spark.validate import read_text
+
         started = time.monotonic()
-        fields = stream.schema.fields
-        rows = [tuple(f"warm-up-{i}" if f.name == "plant" else None for f in fields) for i in range(16)]
-        self.score_frame(self.spark.createDataFrame(rows, stream.schema), None)
+        fmt = self.args.file_format
+        with tempfile.TemporaryDirectory(prefix="tidewatch-warm-up-") as tmp:
+            if self.args.source == "files" and fmt in ("jsonl", "json", "csv"):
+                # Through the landing files' own parsing, so that its code is compiled too.
+                sensors = self.sensors.sensors
+                times = [f"1970-01-01T00:{i // 60:02d}:{i % 60:02d}Z" for i in range(self.detector.window + 16)]
+                if fmt == "csv":
+                    lines = [",".join(["plant", "timestamp", *sensors, "label"])]
+                    lines += [",".join(["warm-up", t, *["0"] * len(sensors), "0"]) for t in times]
+                else:
+                    lines = [json.dumps({"plant": "warm-up", "timestamp": t, **dict.fromkeys(sensors, "0")})
+                             for t in times]
+                Path(tmp, f"warm-up.{fmt}").write_text("\n".join(lines) + "\n")
+                frame = read_text(self.spark.read, fmt, self.sensors.sensors, tmp)
+            else:
+                fields = stream.schema.fields
+                rows = [tuple(f"warm-up-{i}" if f.name == "plant" else None for f in fields) for i in range(16)]
+                frame = self.spark.createDataFrame(rows, stream.schema)
+            self.score_frame(frame, None)
         log.info("pipeline warmed up in %.1fs", time.monotonic() - started)
 
     def run(self) -> list[BatchSummary]:
