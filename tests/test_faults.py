@@ -210,3 +210,30 @@ def test_metrics_port_in_use_is_a_clear_error_before_spark_starts(tmp_path: Path
     assert "SparkContext" not in out.stderr, "Spark was started before the port was checked"
     assert not (tmp_path / "cp").exists(), "nothing is written before the port is checked"
     print(f"port in use reported after {seconds:.1f}s")
+
+
+@pytest.mark.parametrize("flag, value", [("--threshold", "-1"), ("--threshold", "nan"), ("--threshold", "inf"),
+                                         ("--metrics-port", "70000"), ("--metrics-port", "-5")])
+def test_nonsense_options_are_refused_before_spark_starts(tmp_path: Path, flag: str, value: str):
+    run = subprocess.run([sys.executable, str(REPO / "inference.py"), "--model", str(tmp_path), flag, value],
+                         cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert flag in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_published_model_dir_holding_a_dangling_link_still_serves(tmp_path: Path, model_dir: Path, live: pa.Table):
+    """The hostile pass's input: a valid model whose directory also holds a dangling symlink. Copying the
+    directory aside failed with shutil.Error and the job could not start; only the model's files matter."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir.resolve(), model)
+    (model / "notes.txt").symlink_to(tmp_path / "gone")
+    replay_to_directory(live.slice(0, 200), tmp_path / "landing", rows_per_file=100, file_format="jsonl")
+    port = free_port()
+    job = InferenceProcess(tmp_path, model, port, "--available-now")
+    try:
+        assert job.proc.wait(timeout=240) == 0, job.tail_log()
+    finally:
+        job.stop()
+    assert job.committed()["counts"]["scored"] + job.committed()["counts"]["warmup"] == 200

@@ -1485,7 +1485,8 @@ def generate_landing_cases(out: Path, rng: random.Random, scale: int = 1) -> lis
         buggy = out / f"landing-{file_format}-known-bugs"
 
         def write(kind: str, mutate: Callable[[list[bytes], list[SparkExpect], str], Any],
-                  known_bug: str | None = None, optional: bool = False) -> None:
+                  known_bug: str | None = None, optional: bool = False,
+                  header_mutate: Callable[[bytes], bytes | None] | None = None) -> None:
             name = f"landing{file_format}-{kind}-{counter[0]:03d}"
             start = 1_451_289_600 + counter[0] * 1000
             counter[0] += 1
@@ -1504,6 +1505,13 @@ def generate_landing_cases(out: Path, rng: random.Random, scale: int = 1) -> lis
             expected = [SparkExpect(name, "valid", times[i], {s: table[s][i].as_py() for s in sensors})
                         for i in range(n)]
             result = mutate(rows, expected, name)
+            if header_mutate is not None:
+                # Read by position, a file under any other header is quarantined whole, its first line too
+                # (for a file without a header, that line is data).
+                header = header_mutate(header)
+                texts = ([header] if header is not None else []) + rows
+                expected = [SparkExpect(t.split(b",")[0].decode().strip('"'), "header", raw=t.decode())
+                            for t in texts]
             body = result if isinstance(result, bytes) else b"".join(r + b"\n" for r in rows)
             path.write_bytes((header + b"\n" if header is not None else b"") + body)
             cases.append(LandingCase(name, kind, file_format, path,
@@ -1612,6 +1620,18 @@ def generate_landing_cases(out: Path, rng: random.Random, scale: int = 1) -> lis
                     for k in (i, j):
                         exp[k] = SparkExpect(exp[k].plant, "field_count", raw=rows[k].decode())
                 write("optional_columns_field_count", optional_field_count, optional=True)
+
+                def swap(header: bytes) -> bytes:
+                    names = header.split(b",")
+                    i, j = names.index(b'"FIT101"'), names.index(b'"LIT101"')
+                    names[i], names[j] = names[j], names[i]
+                    return b",".join(names)
+                write("header_columns_swapped", lambda rows, exp, name: None, header_mutate=swap)
+                write("header_extra_column", lambda rows, exp, name: None,
+                      header_mutate=lambda h: h.replace(b',"FIT101",', b',"FIT100","FIT101",', 1))
+                write("header_unknown_sensors", lambda rows, exp, name: None,
+                      header_mutate=lambda h: h.replace(b'"LIT101"', b'"LEVEL_1"', 1))
+                write("no_header", lambda rows, exp, name: None, header_mutate=lambda h: None)
 
                 def stray_quote(rows: list[bytes], exp: list[SparkExpect], _: str) -> None:
                     i = rng.randrange(len(rows))

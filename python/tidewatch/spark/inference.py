@@ -23,6 +23,28 @@ log = logging.getLogger("tidewatch.inference")
 RESULT_STATUSES = ("scored", "warmup")
 
 
+def _positive_finite(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=["files", "kafka"], default="files", help="where readings come from")
     p.add_argument("--landing-dir", default="/data/landing", help="directory the replayer or plant drops files into")
@@ -43,9 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quarantine", default="/data/quarantine", help="quarantine sink for rejected rows (Parquet)")
     p.add_argument("--model", default="/weights/tidewatch", help="model directory (manifest.json + model.safetensors)")
     p.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics endpoint binds to")
-    p.add_argument("--metrics-port", type=int, default=8001, help="metrics port (Prometheus scrapes /metrics)")
+    p.add_argument("--metrics-port", type=_port, default=8001,
+                   help="metrics port (Prometheus scrapes /metrics; 0: any free port)")
     p.add_argument("--trigger-seconds", type=float, default=10.0, help="micro-batch interval")
-    p.add_argument("--threshold", type=float, default=None, help="override the model's window threshold")
+    p.add_argument("--threshold", type=_positive_finite, default=None,
+                   help="override the model's window threshold (a positive number)")
     p.add_argument("--plant", default=None, help="plant name for rows without a plant column (default: the model's)")
     p.add_argument("--available-now", action="store_true",
                    help="process what is in the landing directory now, then stop")
@@ -160,7 +184,15 @@ class InferenceJob:
         if not (target / "manifest.json").exists():
             tmp = target.with_name(f".{target.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(self.detector.resolved_path or self.detector.path, tmp)
+            # The model's two files only: whatever else a published directory holds (notes, a dangling
+            # link) is not the model, and copying it could fail or take long.
+            tmp.mkdir(parents=True)
+            source = Path(self.detector.resolved_path or self.detector.path)
+            for name in ("manifest.json", "model.safetensors"):
+                try:
+                    shutil.copyfile(source / name, tmp / name)
+                except OSError as exc:
+                    raise tidewatch.TidewatchIOError(f"{source / name}: {exc.strerror or exc}") from None
             tidewatch.Detector.load(tmp, device="cpu")  # checks sizes and sha256 of the copy
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)

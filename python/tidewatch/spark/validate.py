@@ -20,6 +20,7 @@ ROW_ID = "_tw_row"
 UNPARSED = "_tw_unparsed"
 UNPARSED_REASON = "_tw_unparsed_reason"
 FIELD_COUNT = "field_count"
+HEADER = "header"  # a CSV file whose header is not the canonical columns in order
 MALFORMED_JSON = "malformed:json"
 REASON_DUPLICATE = "duplicate_timestamp"  # the native Detector's name too (REASON_DUPLICATE in detector.rs)
 
@@ -222,9 +223,15 @@ def parse_csv_files(files: DataFrame, sensors: list[str]) -> DataFrame:
     columns after the label exceeds on every line. Files are read whole: a landing file must fit in memory."""
     names = [PLANT, TIMESTAMP, *sensors, LABEL]
     lines = F.filter(F.split(F.col("value"), r"\r\n|\r|\n"), lambda line: ~line.rlike(_BLANK))
+    # Columns are read by position, so the header must name them in canonical order (columns after the
+    # label may follow). Any other header (columns swapped, one added or missing, unknown sensors, or no
+    # header at all: a first line of data) makes every line of its file `header` with its text: read by
+    # position, its values would land under the wrong sensors.
+    header = F.transform(F.split(F.element_at(lines, 1), ","), lambda name: F.trim(F.regexp_replace(name, '"', "")))
+    header_ok = F.slice(header, 1, len(names)) == F.array(*[F.lit(n) for n in names])
     per_file = files.select(
-        F.filter(lines, lambda _, i: i > 0).alias("_tw_line"),
-        _csv_field_count(F.element_at(lines, 1)).alias("_tw_header_fields"),
+        F.when(header_ok, F.filter(lines, lambda _, i: i > 0)).otherwise(lines).alias("_tw_line"),
+        F.when(header_ok, _csv_field_count(F.element_at(lines, 1))).otherwise(F.lit(-2)).alias("_tw_header_fields"),
     )
     # Each line paired with its header's field count before the explode: an expression of the whole file
     # left to after it would be evaluated again for every line.
@@ -233,11 +240,12 @@ def parse_csv_files(files: DataFrame, sensors: list[str]) -> DataFrame:
     ddl = ", ".join(f"`{n.replace('`', '``')}` STRING" for n in names)
     parsed = rows.select("_tw_line", "_tw_header_fields", F.from_csv(F.col("_tw_line"), ddl).alias("_tw_csv"))
     count = _csv_field_count(F.col("_tw_line"))
-    bad = (count != F.col("_tw_header_fields")) | (count < F.lit(len(names)))
+    bad_header = F.col("_tw_header_fields") == F.lit(-2)
+    bad = bad_header | (count != F.col("_tw_header_fields")) | (count < F.lit(len(names)))
     return parsed.select(
         *[F.col("_tw_csv").getField(n).alias(n) for n in names],
         F.when(bad, F.col("_tw_line")).alias(UNPARSED),
-        F.when(bad, F.lit(FIELD_COUNT)).alias(UNPARSED_REASON),
+        F.when(bad_header, F.lit(HEADER)).when(bad, F.lit(FIELD_COUNT)).alias(UNPARSED_REASON),
     )
 
 
