@@ -462,7 +462,9 @@ class InferenceJob:
         sensors = self.sensors.sensors
         typed = V.typed_rows(df, sensors, self.plant)
         schema = kernel.output_schema(self.detector.output_schema)
-        n_parts = int(self.spark.conf.get("spark.sql.shuffle.partitions"))
+        # No more partitions than task slots: on local[2] four partitions ran as two waves of Python tasks.
+        n_parts = max(1, min(int(self.spark.conf.get("spark.sql.shuffle.partitions")),
+                             self.spark.sparkContext.defaultParallelism))
         tail_ipc = kernel.tail_to_ipc(tail) if tail is not None and tail.num_rows else None
         score = kernel.make_kernel(self.model_dir, self.args.threshold, schema, sensors, tail_ipc,
                                    self.detector.window)
