@@ -132,3 +132,26 @@ def test_prepare_history_counts_every_row_it_leaves_out():
                               validation_fraction=0.2)
     assert nothing.train.num_rows == 0
     assert "--skip-startup-hours" in nothing.describe()
+
+
+def test_train_on_a_swat_export_reads_it_once_on_the_driver(tmp_path: Path):
+    """A SWaT CSV export is read and validated by tidewatch's reader; every row is accounted for in the
+    report (trained on, held out, or quarantined with the reader's reason), and Spark is not started."""
+    csv = tmp_path / "SWaT_export.csv"
+    subprocess.run([sys.executable, "-m", "tidewatch", "simulate", "--duration", "1h", "--attacks", "none",
+                    "--format", "swat-csv", "--seed", "3", "--out", str(csv)], check=True, capture_output=True)
+    lines = csv.read_text().splitlines()
+    header_lines = next(i for i, line in enumerate(lines) if line[:1].isdigit() or line[:2].strip().isdigit())
+    fields = lines[header_lines + 5].split(",")
+    fields[2] = "12.3.4"  # a malformed reading in the sixth data row
+    lines[header_lines + 5] = ",".join(fields)
+    csv.write_text("\n".join(lines) + "\n")
+    run = subprocess.run([sys.executable, str(REPO / "train.py"), "--input", str(csv), "--format", "swat",
+                          "--skip-startup-hours", "0", "--epochs", "1", "--model-out", str(tmp_path / "m")],
+                         cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "starting Spark" not in run.stderr
+    report = json.loads((tmp_path / "reports" / "training-report.json").read_text())
+    quarantined = sum(report["rows"]["quarantined"].values())
+    assert quarantined == 1, report["rows"]
+    assert report["rows"]["train"] + report["rows"]["validation"] + quarantined == 3600
