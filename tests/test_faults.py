@@ -237,3 +237,40 @@ def test_a_published_model_dir_holding_a_dangling_link_still_serves(tmp_path: Pa
     finally:
         job.stop()
     assert job.committed()["counts"]["scored"] + job.committed()["counts"]["warmup"] == 200
+
+
+def test_a_landing_file_written_in_two_steps_loses_nothing(tmp_path: Path, model_dir: Path, live: pa.Table):
+    """The hostile pass's case: a landing file written in two steps. Spark reads a path once, so the
+    first part was scored, the torn line quarantined and the rest (49 rows) never read, without a word.
+    The rest is now quarantined as appended_after_read with its text: every row is accounted for."""
+    from tidewatch.spark.landing import APPENDED
+
+    staging = tmp_path / "staging"
+    replay_to_directory(live.slice(0, 100), staging, rows_per_file=100, file_format="jsonl", prefix="a")
+    text = next(staging.glob("*.jsonl")).read_bytes()
+    lines = text.splitlines(keepends=True)
+    first, torn, rest = b"".join(lines[:50]), lines[50][:20], lines[50][20:] + b"".join(lines[51:])
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    target = landing / "a-two-steps.jsonl"
+    target.write_bytes(first + torn)
+    (landing / "late").mkdir()  # files dropped into a folder inside it are never read: the job says so
+    job = InferenceProcess(tmp_path, model_dir, free_port())
+    try:
+        job.wait_committed(0)
+        with open(target, "ab") as f:  # the writer's second step
+            f.write(rest)
+        replay_to_directory(live.slice(100, 100), landing, rows_per_file=100, file_format="jsonl", prefix="b")
+        job.wait_committed(1)
+    finally:
+        job.stop()
+    q = ds.dataset(tmp_path / "quarantine", format="parquet", partitioning="hive").to_table()
+    late = q.filter(pc.equal(q["reason"], APPENDED))
+    assert late.num_rows == 50  # the torn line's second half and the 49 lines after it
+    assert late["raw"].to_pylist() == [line.decode().rstrip("\n") for line in [lines[50][20:], *lines[51:]]]
+    log = job.log_path.read_text()
+    assert "grew after a batch read it" in log
+    assert "late is a folder inside the landing directory" in log
+    results, quarantined = sink_rows(tmp_path)
+    # 200 rows written: 150 read whole + the torn line + its 50 appended lines... counted once each.
+    assert results.num_rows + quarantined == 200 + 1

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tidewatch.spark.landing import APPENDED, LandingWatch
+
 log = logging.getLogger("tidewatch.inference")
 
 RESULT_STATUSES = ("scored", "warmup")
@@ -129,6 +131,8 @@ class InferenceJob:
             self.state_dir = Path(args.checkpoint) / "tidewatch"
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.model_dir = self._snapshot()
+            self.landing_watch = LandingWatch(self.state_dir / "landing-files.json") \
+                if args.source == "files" else None
             self.spark = get_session("tidewatch-inference", master=args.master)
         except BaseException:
             self.server.stop()
@@ -278,6 +282,8 @@ class InferenceJob:
         clock = StageClock()
         self.check_model()
         tail, tracker = self._state_before(batch_id)
+        batch_files = self.landing_watch.sizes_of(self.landing_watch.batch_files(
+            Path(self.args.checkpoint) / "spark" / "sources" / "0", batch_id)) if self.landing_watch else {}
         clock.lap("model check, carried state")
 
         table = self.score_frame(df, tail)
@@ -289,6 +295,18 @@ class InferenceJob:
         results = table.filter(pc.is_in(status, pa.array(RESULT_STATUSES))).select(kernel.results_columns(schema))
         quarantined = table.filter(pc.equal(status, "quarantined")).select(
             [V.PLANT, V.TIMESTAMP, V.REASON, kernel.RAW])
+        appended = self.landing_watch.appended_lines(batch_files) if self.landing_watch else []
+        self._warn_subdirectories()
+        if appended:
+            for path in dict.fromkeys(p for p, _ in appended):
+                log.error("%s grew after a batch read it: %d line(s) Spark will not read are quarantined as %s; "
+                          "write landing files aside and rename them into place", path,
+                          sum(p == path for p, _ in appended), APPENDED)
+            late = pa.table({V.PLANT: pa.nulls(len(appended), pa.string()),
+                             V.TIMESTAMP: pa.nulls(len(appended), quarantined.schema.field(V.TIMESTAMP).type),
+                             V.REASON: pa.array([APPENDED] * len(appended), pa.string()),
+                             kernel.RAW: pa.array([line for _, line in appended], pa.string())})
+            quarantined = pa.concat_tables([quarantined, late.cast(quarantined.schema)])
         with self._sink("results", self.args.results, batch_id):
             self._write_results(results, batch_id)
         with self._sink("quarantine", self.args.quarantine, batch_id):
@@ -296,6 +314,8 @@ class InferenceJob:
         clock.lap("results and quarantine sinks")
 
         aggregate = kernel.merge_aggregates(self.sensors, states.column(kernel.AGGREGATE).to_pylist())
+        if appended:
+            aggregate.record_quarantined(APPENDED, len(appended))
         new_tail = self._next_tail(tail, [t for t in states.column(kernel.TAIL).to_pylist() if t is not None])
         with self._sink("checkpoint", str(self.state_dir), batch_id):
             if new_tail is not None:
@@ -322,6 +342,10 @@ class InferenceJob:
                 lambda p: p.write_text(json.dumps({"batch_id": batch_id, "counts": counts})),
             )
         self._carried = (batch_id, new_tail, tracker, self.detector.version)
+        if self.landing_watch is not None:
+            self.landing_watch.remember(batch_files)
+            with self._sink("checkpoint", str(self.state_dir), batch_id):
+                self.landing_watch.save(self._write_atomic)
         for pattern in ("tail-*.parquet", "incidents-*.json"):
             for old in self.state_dir.glob(pattern):
                 if int(old.stem.split("-")[1]) < batch_id - 1:
@@ -340,6 +364,23 @@ class InferenceJob:
             log.warning("incident %s %s: plant %s since %s, stages %s, sensors %s, peak score %.4g",
                         t["incident_id"], t["transition"], t["plant"], t["start"], t["stages"] or "-",
                         t["sensors"] or "-", t["peak_score"])
+
+    def _warn_subdirectories(self) -> None:
+        """Spark's file source reads the landing directory's own files only: say so, once per folder, when
+        files are dropped into a folder inside it."""
+        if self.args.source != "files":
+            return
+        archive = Path(self.args.landing_archive_dir).resolve() if self.args.landing_archive_dir else None
+        try:
+            entries = list(Path(self.args.landing_dir).iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            if (entry.is_dir() and not entry.name.startswith((".", "_")) and entry.resolve() != archive
+                    and str(entry) not in self.warned):
+                self.warned.add(str(entry))
+                log.warning("%s is a folder inside the landing directory: files in it are never read; drop "
+                            "landing files into %s itself", entry, self.args.landing_dir)
 
     def _state_before(self, batch_id: int):
         """(carried tail, incident tracker) after the latest committed batch before `batch_id`: kept in
