@@ -2,7 +2,7 @@
 
 Protocol (fixed before any run; nothing here is tuned on test labels):
 
-Datasets (read from /work/shared/data, never copied into the repository):
+Datasets (read from ../shared/data beside the repository, never copied into the repository):
   skab     SKAB's per-file protocol: for each of the 34 labelled files, fit on its first 400 rows and score
            the rest; files are separate streams, their test rows are concatenated for the metrics. 1 Hz
            (the files' own timestamps).
@@ -78,7 +78,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data")
+# The shared dev data beside the repository (../shared/data), or TIDEWATCH_SHARED_DATA.
+DATA = Path(os.environ.get("TIDEWATCH_SHARED_DATA",
+                   Path(__file__).resolve().parents[2] / "shared" / "data"))
 DEFAULT_OUT = REPO / "bench" / "out" / "detect"
 SIM_START = dt.datetime(2015, 12, 28, 10, 0, 0, tzinfo=dt.timezone.utc)
 SMAP_START = np.datetime64("2020-01-01T00:00:00", "us")

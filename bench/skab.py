@@ -1,6 +1,6 @@
 """SKAB outlier-detection benchmark, run the benchmark's own way, for tidewatch and its baselines side by side.
 
-Protocol (SKAB's leaderboard, see /work/shared/data/README.md): for EACH of the 34 labelled files, fit on the
+Protocol (SKAB's leaderboard, see ../shared/data/README.md): for EACH of the 34 labelled files, fit on the
 first 400 rows (no shuffle, whatever their labels), predict every remaining row of that file, concatenate
 the test rows of all files and compute binary F1, FAR % and MAR %. Every detector here takes its threshold
 from its own training rows (a high quantile of training scores, or the model's calibrated threshold);
@@ -15,6 +15,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -28,7 +29,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path("/work/shared/data/skab")
+# The shared dev data beside the repository (../shared/data), or TIDEWATCH_SHARED_DATA.
+DEFAULT_DATA = Path(os.environ.get("TIDEWATCH_SHARED_DATA",
+                   Path(__file__).resolve().parents[2] / "shared" / "data")) / "skab"
 DEFAULT_OUT = REPO / "bench" / "out"
 SENSORS = (
     "Accelerometer1RMS",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def test_errors_are_clear(data) -> None:
         RandomScoreDetector(quantile=1.0)
 
 
-SKAB_DATA = Path("/work/shared/data/skab")
+# The shared dev data beside the repository (../shared/data), or TIDEWATCH_SHARED_DATA.
+SKAB_DATA = Path(os.environ.get("TIDEWATCH_SHARED_DATA",
+                   Path(__file__).resolve().parents[2] / "shared" / "data")) / "skab"
 
 
 def _bench_skab(monkeypatch):

@@ -51,8 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=["files", "kafka"], default="files", help="where readings come from")
     p.add_argument("--landing-dir", default="/data/landing", help="directory the replayer or plant drops files into")
     p.add_argument("--file-format", choices=["jsonl", "json", "csv", "parquet"], default="jsonl",
-                   help="format of landing files: JSON lines (fields by name; the replayer's default), CSV (header "
-                        "and columns in canonical order: plant, timestamp, sensors, label), or Parquet")
+                   help="format of landing files: JSON lines (fields by name), CSV (a header naming the columns in "
+                        "canonical order: plant, timestamp, sensors, label; `tidewatch replay` writes CSV unless "
+                        "told --format jsonl), or Parquet")
     p.add_argument("--max-files-per-trigger", type=int, default=50, help="landing files per micro-batch at most")
     p.add_argument("--clean-landing", choices=["off", "delete", "archive"], default="off",
                    help="what happens to a landing file once its batch is committed: kept (default), deleted, or "
