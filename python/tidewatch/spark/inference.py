@@ -130,6 +130,7 @@ class InferenceJob:
         self.server = tidewatch.MetricsServer(self.registry, host=args.metrics_host, port=args.metrics_port)
         try:
             self.state_dir = Path(args.checkpoint) / "tidewatch"
+            self.spark_checkpoint = Path(args.checkpoint) / "spark"  # Spark's own: offsets, commits, sources
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.model_dir = self._snapshot()
             self.landing_watch = LandingWatch(self.state_dir / "landing-files.json") \
@@ -284,16 +285,16 @@ class InferenceJob:
         self.check_model()
         tail, tracker = self._state_before(batch_id)
         batch_files = self.landing_watch.sizes_of(self.landing_watch.batch_files(
-            Path(self.args.checkpoint) / "spark" / "sources" / "0", batch_id)) if self.landing_watch else {}
+            self.spark_checkpoint / "sources" / "0", batch_id)) if self.landing_watch else {}
         clock.lap("model check, carried state")
 
         table = self.score_frame(df, tail)
-        schema = kernel.output_schema(self.detector.output_schema)
         clock.lap("Spark: read, validate, shuffle, kernel, collect")
 
         status = table.column("status")
         states = table.filter(pc.equal(status, kernel.STATE_STATUS))
-        results = table.filter(pc.is_in(status, pa.array(RESULT_STATUSES))).select(kernel.results_columns(schema))
+        results = table.filter(pc.is_in(status, pa.array(RESULT_STATUSES))).select(
+            kernel.results_columns(table.schema))
         quarantined = table.filter(pc.equal(status, "quarantined")).select(
             [V.PLANT, V.TIMESTAMP, V.REASON, kernel.RAW])
         appended = self.landing_watch.appended_lines(batch_files) if self.landing_watch else []
@@ -373,15 +374,16 @@ class InferenceJob:
             return
         archive = Path(self.args.landing_archive_dir).resolve() if self.args.landing_archive_dir else None
         try:
-            entries = list(Path(self.args.landing_dir).iterdir())
+            # scandir: the entries' types come with the listing, no stat per landing file every batch.
+            with os.scandir(self.args.landing_dir) as entries:
+                folders = [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith((".", "_"))]
         except OSError:
             return
-        for entry in entries:
-            if (entry.is_dir() and not entry.name.startswith((".", "_")) and entry.resolve() != archive
-                    and str(entry) not in self.warned):
-                self.warned.add(str(entry))
+        for folder in folders:
+            if str(folder) not in self.warned and folder.resolve() != archive:
+                self.warned.add(str(folder))
                 log.warning("%s is a folder inside the landing directory: files in it are never read; drop "
-                            "landing files into %s itself", entry, self.args.landing_dir)
+                            "landing files into %s itself", folder, self.args.landing_dir)
 
     def _state_before(self, batch_id: int):
         """(carried tail, incident tracker) after the latest committed batch before `batch_id`: kept in
@@ -541,7 +543,7 @@ class InferenceJob:
                     lines = [json.dumps({"plant": "warm-up", "timestamp": t, **dict.fromkeys(sensors, "0")})
                              for t in times]
                 Path(tmp, f"warm-up.{fmt}").write_text("\n".join(lines) + "\n")
-                frame = read_text(self.spark.read, fmt, self.sensors.sensors, tmp)
+                frame = read_text(self.spark.read, fmt, sensors, tmp)
             else:
                 fields = stream.schema.fields
                 rows = [tuple(f"warm-up-{i}" if f.name == "plant" else None for f in fields) for i in range(16)]
@@ -556,7 +558,7 @@ class InferenceJob:
         writer = (
             stream
             .writeStream.foreachBatch(self.process_batch)
-            .option("checkpointLocation", str(Path(args.checkpoint) / "spark"))
+            .option("checkpointLocation", str(self.spark_checkpoint))
         )
         writer = writer.trigger(availableNow=True) if args.available_now else writer.trigger(
             processingTime=f"{args.trigger_seconds} seconds")
